@@ -1,0 +1,50 @@
+"""`python launch.py RECIPE [a.b=c ...] [--dry-run] [--debug]`: validate a recipe, then run its pipeline."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Run an alignkit recipe.")
+    parser.add_argument("recipe", help="path to a recipe YAML file")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. optim.lr=1e-5 trainer.max_steps=20")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "DeepSpeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from alignkit.errors import AlignkitError
+
+    try:
+        from alignkit.config import dump_recipe, load_recipe
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.dry_run:
+            sys.stdout.write(dump_recipe(recipe))
+            print(f"# global batch = {recipe.trainer.micro_batch_size} x {recipe.trainer.grad_accum} x "
+                  f"{recipe.cluster.num_workers} = {recipe.global_batch_size}; output: {recipe.output_dir}")
+            return 0
+        from alignkit.pipelines.preference import run
+
+        out = run(recipe)
+        print(f"done: {out}/report.md")
+        return 0
+    except AlignkitError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    sys.exit(main())

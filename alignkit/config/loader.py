@@ -1,0 +1,272 @@
+"""Load a recipe: YAML files with `base:` inheritance, `${...}` interpolation and `a.b=c` overrides, validated
+against the schema before anything starts. Errors name the key, the file that set it and what is allowed."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from alignkit.config.schema import ObjectiveConfig, Recipe
+from alignkit.errors import AlignkitError, RecipeError
+
+CLI = "command-line overrides"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read `path` (and its `base:` chain), apply `overrides` (`a.b=c`), validate, return a typed Recipe."""
+    path = Path(path)
+    origins: dict[str, str] = {}
+    merged = _load_with_bases(path, origins, chain=())
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise RecipeError(f"override `{bad[0]}` in {CLI} must look like key=value (for example optim.lr=1e-5)")
+        try:
+            cli = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as exc:
+            raise RecipeError(f"cannot parse {CLI}: {exc}") from None
+        _record_origins(cli, CLI, origins)
+        merged = OmegaConf.merge(merged, OmegaConf.create(cli))
+    try:
+        data = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"cannot resolve an interpolation in {path}: {exc}".replace("\n", " ")) from None
+    return recipe_from_dict(data, source=str(path), origins=origins)
+
+
+def _load_with_bases(path: Path, origins: dict[str, str], chain: tuple[Path, ...]):
+    if not path.exists():
+        raise RecipeError(f"recipe file {path} does not exist")
+    if path.resolve() in chain:
+        raise RecipeError(f"`base:` cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and OmegaConf errors carry line numbers in their message
+        raise RecipeError(f"cannot parse {path}: {exc}".replace("\n", " ")) from None
+    if not OmegaConf.is_dict(cfg):
+        raise RecipeError(f"{path} must contain a mapping of sections (run:, model:, data:, ...)")
+    bases = cfg.pop("base", None)
+    merged = OmegaConf.create()
+    for base in [bases] if isinstance(bases, str) else list(bases or []):
+        merged = OmegaConf.merge(merged, _load_with_bases((path.parent / base), origins, (*chain, path.resolve())))
+    _record_origins(OmegaConf.to_container(cfg, resolve=False), str(path), origins)
+    return OmegaConf.merge(merged, cfg)
+
+
+def _record_origins(tree: Any, origin: str, origins: dict[str, str], prefix: str = "") -> None:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            dotted = f"{prefix}{key}"
+            origins[dotted] = origin
+            _record_origins(value, origin, origins, dotted + ".")
+
+
+def recipe_from_dict(data: dict, source: str = "<dict>", origins: dict[str, str] | None = None) -> Recipe:
+    """Build and validate a Recipe from plain data (what the YAML holds)."""
+    origins = origins or {}
+
+    def where(key: str) -> str:
+        # The file (or command line) that set this key or its closest parent.
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in origins:
+                return origins[".".join(parts[:n])]
+        return source
+
+    data = dict(data or {})
+    data.pop("base", None)
+    data.pop("provenance", None)  # written by runs into recipe.yaml; not a setting
+    objective_data = data.pop("objective", None)
+    recipe = _build(Recipe, data, "", where)
+    recipe.source = source
+    recipe.objective = _build_objective(objective_data, where)
+    check_recipe(recipe, where)
+    return recipe
+
+
+def _build(cls, data: Any, prefix: str, where):
+    if not isinstance(data, dict):
+        raise RecipeError(f"`{prefix.rstrip('.') or 'recipe'}` in {where(prefix.rstrip('.'))} must be a mapping, "
+                          f"got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise RecipeError(_unknown_key_message(dotted, where(dotted), [f"{prefix}{k}" for k in fields]))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value if value is not None else {}, dotted + ".", where)
+        else:
+            values[key] = _coerce(value, hint, dotted, where)
+    return cls(**values)
+
+
+def _unknown_key_message(key: str, origin: str, allowed: list[str]) -> str:
+    guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean `{guess[0]}`?" if guess else f"; allowed keys here: {', '.join(sorted(allowed))}"
+    return f"unknown key `{key}` in {origin}{hint}"
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (list, dict):
+        return f"a {origin.__name__}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint, key: str, where) -> Any:
+    """Return `value` as type `hint`, or raise a RecipeError naming the key, file and expected type."""
+    def fail():
+        raise RecipeError(f"`{key}` in {where(key)} must be {_type_name(hint)}, got {value!r}")
+
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(hint) and type(value) is type(typing.get_args(hint)[0]):
+            return value
+        fail()
+    if isinstance(hint, types.UnionType) or origin is typing.Union:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except RecipeError:
+                pass
+        fail()
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, item, key, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        fail()
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail()
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail()
+        fail()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        fail()
+    return value
+
+
+def _build_objective(data: Any, where) -> ObjectiveConfig:
+    from alignkit.objectives import get_objective
+
+    if data is None or not isinstance(data, dict) or not data.get("name"):
+        raise RecipeError(f"`objective.name` is required (in {where('objective')}); for example `objective: "
+                          "{name: dpo, beta: 0.1}`")
+    data = dict(data)
+    name = data.pop("name")
+    try:
+        objective = get_objective(str(name))
+    except RecipeError as exc:
+        raise RecipeError(f"{exc} (`objective.name` in {where('objective.name')})") from None
+    hints = typing.get_type_hints(objective.params_cls)
+    allowed = [f.name for f in dataclasses.fields(objective.params_cls)]
+    params = {}
+    for key, value in data.items():
+        dotted = f"objective.{key}"
+        if key not in allowed:
+            raise RecipeError(_unknown_key_message(dotted, where(dotted), ["objective.name"]
+                                                   + [f"objective.{k}" for k in allowed]))
+        params[key] = _coerce(value, hints[key], dotted, where)
+    try:
+        objective.make_params(params)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"objective `{name}` in {where('objective')}: {exc}") from None
+    return ObjectiveConfig(name=str(name), params=params)
+
+
+def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
+    """Checks across keys: everything a worker would otherwise discover too late."""
+    from alignkit.objectives import get_objective
+
+    def need(cond: bool, key: str, message: str):
+        if not cond:
+            raise RecipeError(f"`{key}` in {where(key)}: {message}")
+
+    t, d, c = recipe.trainer, recipe.data, recipe.cluster
+    need(bool(d.train), "data.train", "is required (builtin:<name>, a .jsonl/.json/.parquet file, or a hub id)")
+    need(t.max_steps > 0, "trainer.max_steps", f"must be > 0, got {t.max_steps}")
+    need(t.micro_batch_size > 0, "trainer.micro_batch_size", f"must be > 0, got {t.micro_batch_size}")
+    need(t.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {t.grad_accum}")
+    need(t.zero_stage in (0, 1, 2, 3), "trainer.zero_stage", f"must be one of 0, 1, 2, 3; got {t.zero_stage}")
+    need(t.eval_every >= 0, "trainer.eval_every", "must be >= 0 (0 = evaluate at start and end only)")
+    need(t.log_every > 0, "trainer.log_every", "must be > 0")
+    need(c.num_workers > 0, "cluster.num_workers", f"must be > 0, got {c.num_workers}")
+    need(c.cpus_per_worker > 0, "cluster.cpus_per_worker", "must be > 0")
+    need(t.backend == "deepspeed" or c.num_workers == 1, "trainer.backend",
+         "the torch backend runs one worker; use backend deepspeed (zero_stage 0 is plain data parallel) "
+         f"for cluster.num_workers={c.num_workers}")
+    need(t.backend == "deepspeed" or t.zero_stage == 0, "trainer.zero_stage", "ZeRO needs trainer.backend: deepspeed")
+    need(0 < d.max_prompt_length < d.max_length, "data.max_prompt_length",
+         f"must be > 0 and < data.max_length ({d.max_length}), got {d.max_prompt_length}")
+    need(recipe.optim.lr > 0, "optim.lr", f"must be > 0, got {recipe.optim.lr}")
+    need(len(recipe.optim.betas) == 2, "optim.betas", "must be a list of two numbers")
+    need(recipe.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(recipe.optim.warmup_steps < t.max_steps or recipe.optim.warmup_steps == 0, "optim.warmup_steps",
+         f"must be smaller than trainer.max_steps ({t.max_steps})")
+    objective = get_objective(recipe.objective.name)
+    need(not (objective.reference == "required" and recipe.reference.mode == "none"), "reference.mode",
+         f"objective `{objective.name}` needs a reference model; use precompute, live or auto")
+    need(recipe.eval.num_prompts > 0 and recipe.eval.batch_size > 0 and recipe.eval.max_new_tokens > 0,
+         "eval", "num_prompts, batch_size and max_new_tokens must be > 0")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data (what `recipe.yaml` in a run directory holds)."""
+    out = {}
+    for f in dataclasses.fields(recipe):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(recipe, f.name)
+        if isinstance(value, ObjectiveConfig):
+            out[f.name] = {"name": value.name, **value.params}
+        else:
+            out[f.name] = dataclasses.asdict(value)
+    return out
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(recipe_to_dict(recipe)))
+
+
+__all__ = ["load_recipe", "recipe_from_dict", "recipe_to_dict", "dump_recipe", "check_recipe", "AlignkitError"]

@@ -1,0 +1,119 @@
+"""The recipe schema: one dataclass per YAML section. Field defaults are alignkit's defaults; `Literal` fields list
+the allowed values, which validation reports in its errors. Objective parameters live in each objective's own
+dataclass (see `alignkit.objectives`), so `objective:` is checked against the chosen objective."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str | None = None  # default: runs/<name>
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:smollm2-135m-instruct"  # HF hub id, local directory, or builtin:<name>
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ReferenceConfig:
+    # precompute: one pass over the training data before training, log-probs kept per example (no second model in
+    # memory); live: a frozen copy runs beside the policy; none: reference-free; auto: precompute when the
+    # objective needs a reference, else none.
+    mode: Literal["auto", "precompute", "live", "none"] = "auto"
+    path: str | None = None  # default: the starting policy (model.path)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # builtin:<name> | path to .jsonl/.json/.parquet | hub dataset id
+    eval: str | None = None  # same forms; None = no held-out evaluation
+    train_split: str = "train"
+    eval_split: str = "test"
+    hub_config: str | None = None  # the `name` argument of datasets.load_dataset for hub datasets
+    train_size: int | None = None  # keep the first N rows (after validation); None = all
+    eval_size: int | None = None
+    max_length: int = 512  # prompt + completion tokens
+    max_prompt_length: int = 256
+    # Prompts longer than max_prompt_length keep their last tokens (the question usually sits at the end);
+    # completions are then cut at the end so that prompt + completion <= max_length.
+    truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"
+    chat_template: Literal["auto", "none"] = "auto"  # auto: conversational rows use the tokenizer's template
+    on_bad_row: Literal["error", "skip"] = "error"
+    seed: int = 0  # seed of built-in dataset generation
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # filled from the other keys of `objective:`
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100  # optimizer steps
+    micro_batch_size: int = 4  # examples (pairs for DPO) per worker per forward
+    grad_accum: int = 1
+    backend: Literal["deepspeed", "torch"] = "deepspeed"
+    zero_stage: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_every: int = 0  # optimizer steps between held-out evaluations; 0 = at the start and end only
+    log_every: int = 1
+    progress_bar: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    generate: bool = True  # greedy generations on held-out prompts, scored by the dataset's checker
+    num_prompts: int = 64
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    compare_to_start: bool = True  # also evaluate the starting model, so the report shows before vs after
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Where the recipe came from, for error messages and the run record; not a YAML key.
+    source: str = field(default="<dict>", metadata={"internal": True})
+
+    @property
+    def output_dir(self) -> str:
+        return self.run.output_dir or f"runs/{self.run.name}"
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.trainer.micro_batch_size * self.trainer.grad_accum * self.cluster.num_workers

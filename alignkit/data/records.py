@@ -1,0 +1,78 @@
+"""Record schemas (spec §0.4) and row validation. Every source becomes a list of plain dicts of one schema per kind:
+
+- `pairs` (PreferencePair): prompt, chosen, rejected. TRL's standard format (strings) and conversational format
+  (lists of {role, content}) are both accepted, and so is TRL's implicit-prompt form (chosen and rejected are whole
+  conversations that share their opening turns), which becomes an explicit prompt.
+- `sft`: prompt + completion (TRL's prompt-completion format), `messages` (last assistant turn is the target), or
+  a preference row (its `chosen` is the target).
+
+Extra fields (ground truth answers, ids) are kept, so checkers can use them.
+"""
+from __future__ import annotations
+
+from alignkit.errors import DataError
+
+Text = str | list  # a string, or a list of {"role", "content"} messages
+
+
+def _is_messages(value) -> bool:
+    return (isinstance(value, list) and len(value) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value))
+
+
+def _check_text(row: dict, field: str, where: str) -> Text:
+    value = row.get(field)
+    if value is None:
+        raise DataError(f"{where}: missing field `{field}`")
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: field `{field}` is empty")
+        return value
+    if _is_messages(value):
+        return value
+    raise DataError(f"{where}: field `{field}` must be a string or a list of {{role, content}} messages, "
+                    f"got {type(value).__name__}")
+
+
+def _split_implicit_prompt(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0 or chosen[n]["role"] != "assistant" or rejected[n]["role"] != "assistant":
+        raise DataError(f"{where}: no `prompt` field, and `chosen`/`rejected` do not share opening turns "
+                        "followed by an assistant turn (TRL implicit-prompt format)")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def normalize_row(row: dict, kind: str, where: str) -> dict:
+    """Validate one row of `kind` and return it in canonical form; raise DataError naming `where` and the field."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    out = dict(row)
+    if kind == "pairs":
+        chosen, rejected = _check_text(row, "chosen", where), _check_text(row, "rejected", where)
+        if "prompt" in row and row["prompt"] is not None:
+            prompt = _check_text(row, "prompt", where)
+        elif isinstance(chosen, list) and isinstance(rejected, list):
+            prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected, where)
+        else:
+            raise DataError(f"{where}: missing field `prompt`")
+        if isinstance(prompt, list) != isinstance(chosen, list) or isinstance(chosen, list) != isinstance(rejected,
+                                                                                                           list):
+            raise DataError(f"{where}: `prompt`, `chosen` and `rejected` must all be strings or all be message "
+                            "lists (standard vs conversational format)")
+        out.update(prompt=prompt, chosen=chosen, rejected=rejected)
+    elif kind == "sft":
+        if "messages" in row:
+            messages = row["messages"]
+            if not _is_messages(messages) or messages[-1]["role"] != "assistant" or len(messages) < 2:
+                raise DataError(f"{where}: field `messages` must be a list of {{role, content}} messages ending "
+                                "with an assistant turn")
+            out.update(prompt=messages[:-1], completion=messages[-1:])
+        else:
+            target = "completion" if "completion" in row else "chosen"
+            out.update(prompt=_check_text(row, "prompt", where), completion=_check_text(row, target, where))
+    else:
+        raise DataError(f"unknown record kind {kind!r}")
+    return out

@@ -1,0 +1,107 @@
+"""Data sources: `builtin:<name>`, local JSONL/JSON/Parquet files, and Hugging Face hub datasets by name.
+Rows are validated once; a bad row fails with its file, row index and field, or is skipped and counted."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignkit.data.builtin import BUILTIN_DATASETS
+from alignkit.data.records import normalize_row
+from alignkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedData:
+    rows: list[dict]
+    origin: str  # human-readable description of the source
+    skipped: int = 0  # bad rows skipped under on_bad_row: skip
+
+
+def _read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple[list, str]:
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTIN_DATASETS:
+            raise DataError(f"unknown built-in dataset `{spec}`; available: "
+                            + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS))
+        generate = BUILTIN_DATASETS[name][0]
+        try:
+            return generate(split, seed=seed), f"{spec} (split {split}, seed {seed})"
+        except KeyError:
+            raise DataError(f"built-in dataset `{spec}` has no split `{split}` (it has train, test)") from None
+    path = Path(spec).expanduser()
+    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
+        if not path.exists():
+            raise DataError(f"data file {path} does not exist")
+        if path.suffix == ".jsonl":
+            rows = []
+            with open(path) as handle:
+                for lineno, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        rows.append(DataError(f"{path} line {lineno}: invalid JSON ({exc.msg})"))
+            return rows, str(path)
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+            if isinstance(data, dict) and isinstance(data.get(split), list):
+                return data[split], f"{path} [{split}]"
+            if not isinstance(data, list):
+                raise DataError(f"{path}: expected a list of rows (or {{\"{split}\": [...]}})")
+            return data, str(path)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return pq.read_table(path).to_pylist(), str(path)
+            except Exception as exc:
+                raise DataError(f"{path}: cannot read Parquet ({exc})") from None
+        raise DataError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(spec, hub_config, split=split)
+    except Exception as exc:
+        raise DataError(f"cannot load hub dataset `{spec}` (split {split}): {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return dataset.to_list(), f"hub:{spec} (split {split})"
+
+
+def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error", limit: int | None = None,
+                 seed: int = 0, hub_config: str | None = None) -> LoadedData:
+    raw, origin = _read_raw(spec, split, seed, hub_config)
+    rows, skipped = [], 0
+    for index, row in enumerate(raw):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            rows.append(normalize_row(row, kind, f"{origin} row {index}"))
+        except DataError as exc:
+            if on_bad_row == "error":
+                raise DataError(f"{exc} (set data.on_bad_row: skip to skip bad rows)") from None
+            skipped += 1
+            if skipped <= 3:
+                log.warning("skipping bad row: %s", exc)
+        if limit is not None and len(rows) >= limit:
+            break
+    if skipped:
+        log.warning("skipped %d bad row(s) of %s", skipped, origin)
+    if not rows:
+        raise DataError(f"{origin}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
+    return LoadedData(rows, origin, skipped)
+
+
+def behaviour_scorer(spec: str | None):
+    """The behavioural checker of a built-in dataset (or None): `(row, completion) -> {metric: value}`."""
+    if spec and spec.startswith("builtin:"):
+        entry = BUILTIN_DATASETS.get(spec.removeprefix("builtin:"))
+        return entry[2] if entry else None
+    return None

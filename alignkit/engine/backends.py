@@ -1,0 +1,129 @@
+"""How the one training loop wraps model and optimizer: `deepspeed` (ZeRO 0-3, bf16) or `torch` (one process, for
+debugging and fast tests). Both expose the same four calls: forward via `.module(...)`, `backward(loss)` once per
+micro-batch, `step()` once per micro-batch (the optimizer steps on accumulation boundaries), `lr()`."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+import torch
+
+from alignkit.config.schema import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    o = recipe.optim
+    # A torch optimizer, not DeepSpeed's FusedAdam/cpu_adam: those JIT-compile for about a minute on first use.
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas),
+                             eps=o.eps, weight_decay=o.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup, total, kind = recipe.optim.warmup_steps, recipe.trainer.max_steps, recipe.optim.scheduler
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class TorchBackend:
+    def __init__(self, model: torch.nn.Module, recipe: Recipe):
+        self.module = model
+        self.optimizer = make_optimizer(model, recipe)
+        self.scheduler = make_scheduler(self.optimizer, recipe)
+        self.grad_accum = recipe.trainer.grad_accum
+        self.max_grad_norm = recipe.optim.max_grad_norm
+        self.autocast = recipe.trainer.precision == "bf16"
+        self._micro = 0
+        self.last_grad_norm = float("nan")
+
+    def forward_context(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def step(self) -> bool:
+        """Returns True when this call stepped the optimizer."""
+        self._micro += 1
+        if self._micro % self.grad_accum:
+            return False
+        if self.max_grad_norm > 0:
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict_for_export(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+
+class DeepSpeedBackend:
+    def __init__(self, model: torch.nn.Module, recipe: Recipe):
+        import deepspeed
+
+        t = recipe.trainer
+        config = {
+            "train_micro_batch_size_per_gpu": t.micro_batch_size,
+            "gradient_accumulation_steps": t.grad_accum,
+            "train_batch_size": recipe.global_batch_size,
+            "gradient_clipping": recipe.optim.max_grad_norm,
+            "zero_optimization": {"stage": t.zero_stage},
+            "bf16": {"enabled": t.precision == "bf16"},
+            "steps_per_print": 10**9,  # alignkit logs itself
+            "wall_clock_breakdown": False,
+        }
+        optimizer = make_optimizer(model, recipe)
+        scheduler = make_scheduler(optimizer, recipe)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False)
+        self.module = self.engine
+        self.zero_stage = t.zero_stage
+        self.last_grad_norm = float("nan")
+
+    def forward_context(self):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> bool:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if boundary:
+            norm = self.engine.get_global_grad_norm()
+            self.last_grad_norm = float(norm) if norm is not None else float("nan")
+        return boundary
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict_for_export(self) -> dict[str, torch.Tensor] | None:
+        """Full fp32 weights on every rank's return (ZeRO-3 shards are gathered first); call on all ranks."""
+        model = self.engine.module
+        if self.zero_stage == 3:
+            import deepspeed
+
+            params = list(model.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        return {k: v.detach().float() for k, v in model.state_dict().items()}
+
+
+def make_backend(model: torch.nn.Module, recipe: Recipe):
+    return DeepSpeedBackend(model, recipe) if recipe.trainer.backend == "deepspeed" else TorchBackend(model, recipe)

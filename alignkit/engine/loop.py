@@ -1,0 +1,306 @@
+"""The one training loop, for every objective: batches -> forward -> objective -> backward -> step, with gradient
+accumulation, reference log-probs, held-out evaluation, metric logging, a progress bar and the final export.
+
+It runs inside each Ray Train worker (`worker_main`), and also directly in one process (tests, debugging). Data order
+is a deterministic stream of seeded epoch permutations: global example `k` of step `s` goes to worker
+`(k // micro_batch) % num_workers`, so shards never overlap and the position in the stream is just
+`step * global_batch` (what a resume needs)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignkit.config.schema import Recipe
+from alignkit.data.encode import COLLATORS
+from alignkit.engine.backends import make_backend
+from alignkit.errors import AlignkitError
+from alignkit.models.loading import DTYPES, load_causal_lm
+from alignkit.models.logps import sequence_logps, token_logps
+from alignkit.objectives import get_objective
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------- distributed
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if _rank_world()[1] > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------------ data order
+def stream_indices(num_examples: int, seed: int, start: int, count: int) -> list[int]:
+    """Examples `start .. start+count-1` of the endless stream of seeded epoch permutations."""
+    out = []
+    position = start
+    while len(out) < count:
+        epoch, offset = divmod(position, num_examples)
+        perm = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        take = min(count - len(out), num_examples - offset)
+        out.extend(perm[offset:offset + take].tolist())
+        position += take
+    return out
+
+
+def worker_micro_batches(num_examples: int, seed: int, step: int, micro: int, accum: int, rank: int,
+                         world: int) -> list[list[int]]:
+    """The example indices of each of this worker's micro-batches in optimizer step `step` (0-based)."""
+    global_batch = micro * accum * world
+    indices = stream_indices(num_examples, seed, step * global_batch, global_batch)
+    return [indices[(m * world + rank) * micro:(m * world + rank + 1) * micro] for m in range(accum)]
+
+
+def sharded_eval_batches(num_examples: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Every example once across workers; every worker gets the same number of batches (ZeRO-3 forwards are
+    collective), padded with empty lists."""
+    mine = list(range(rank, num_examples, world))
+    n_batches = math.ceil(math.ceil(num_examples / world) / batch_size)
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+# -------------------------------------------------------------------------------------------------------- forward
+@dataclass
+class StepInputs:
+    """What the engine computes for the objective, per record kind (see objectives/registry.py)."""
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _forward_logps(module, batch: dict, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    with ctx:
+        logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    tok, mask = token_logps(logits, batch["labels"])
+    return tok, mask, tok.sum(-1), mask.sum(-1)
+
+
+def objective_inputs(kind: str, module, batch: dict, ctx, reference) -> dict[str, torch.Tensor]:
+    tok, mask, seq, lengths = _forward_logps(module, batch, ctx)
+    if kind == "sft":
+        return {"token_logps": tok, "token_mask": mask.float()}
+    b = seq.shape[0] // 2
+    out = {"policy_chosen_logps": seq[:b], "policy_rejected_logps": seq[b:],
+           "chosen_lengths": lengths[:b].float(), "rejected_lengths": lengths[b:].float()}
+    if reference is not None:
+        ref_chosen, ref_rejected = reference.logps(batch)
+        out.update(ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
+    return out
+
+
+class PrecomputedReference:
+    """Reference log-probs computed once before training (no second model in memory while training)."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table  # [N, 2]: chosen, rejected
+
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.table[batch["index"]]
+        return rows[:, 0], rows[:, 1]
+
+    @classmethod
+    def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx) -> "PrecomputedReference":
+        rank, world = _rank_world()
+        table = torch.zeros(len(examples), 2, dtype=torch.float64)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            for ids in sharded_eval_batches(len(examples), batch_size, rank, world):
+                batch = collate([examples[i] for i in (ids or [0])])
+                _, _, seq, _ = _forward_logps(module, batch, ctx)
+                if ids:
+                    b = len(ids)
+                    table[ids, 0] = seq[:b].double()
+                    table[ids, 1] = seq[b:].double()
+        module.train(was_training)
+        return cls(_all_reduce_sum(table).float())
+
+
+class LiveReference:
+    """A frozen copy of the reference model run beside the policy."""
+
+    def __init__(self, model, ctx):
+        self.model, self.ctx = model.eval(), ctx
+
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            _, _, seq, _ = _forward_logps(self.model, batch, self.ctx)
+        b = seq.shape[0] // 2
+        return seq[:b], seq[b:]
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+class MetricsWriter:
+    """Rank 0 appends one JSON object per line to metrics.jsonl."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _mean_across_workers(sums: dict[str, float], count: float) -> dict[str, float]:
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+    t = _all_reduce_sum(t)
+    return {k: float(v) / max(float(t[-1]), 1e-12) for k, v in zip(keys, t[:-1].tolist())}
+
+
+# ------------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class TrainData:
+    kind: str
+    train: list[dict]
+    eval: list[dict]
+    pad_id: int
+
+
+def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, batch_size: int) -> dict[str, float]:
+    """Objective loss and metrics on the held-out set, averaged over examples (every example counted once)."""
+    rank, world = _rank_world()
+    collate = lambda ex: COLLATORS[data.kind](ex, data.pad_id)  # noqa: E731
+    sums: dict[str, float] = {}
+    count = 0.0
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for ids in sharded_eval_batches(len(data.eval), batch_size, rank, world):
+            batch = collate([data.eval[i] for i in (ids or [0])])
+            inputs = objective_inputs(data.kind, module, batch, ctx, reference_eval)
+            loss, metrics = objective.loss_fn(inputs, params)
+            n = len(ids)  # 0 for a padding batch: it ran only to keep collective forwards in step
+            for key, value in {"loss": loss, **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * n
+            count += n
+    module.train(was_training)
+    return {f"eval/{k}": v for k, v in _mean_across_workers(sums, count).items()}
+
+
+def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -> dict:
+    """Train per the recipe; returns the last train and eval metrics. Call on every worker."""
+    rank, world = _rank_world()
+    t, output_dir = recipe.trainer, Path(output_dir)
+    objective = get_objective(recipe.objective.name)
+    params = objective.make_params(recipe.objective.params)
+    seed_everything(recipe.run.seed)
+    collate = lambda ex: COLLATORS[data.kind](ex, data.pad_id)  # noqa: E731
+    if model is None:
+        model = load_causal_lm(recipe.model.path, recipe.model.dtype, recipe.model.trust_remote_code)
+    if recipe.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    model.train()
+    backend = make_backend(model, recipe)
+    ctx = backend.forward_context()
+    writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None)
+
+    mode = recipe.reference.mode
+    if mode == "auto":
+        mode = "precompute" if objective.reference == "required" else "none"
+    reference = reference_eval = None
+    start = time.perf_counter()
+    if mode == "precompute":
+        reference = PrecomputedReference.compute(backend.module, data.train, collate, t.micro_batch_size * 2, ctx)
+        if data.eval:
+            reference_eval = PrecomputedReference.compute(backend.module, data.eval, collate, t.micro_batch_size * 2,
+                                                          ctx)
+        log.info("reference log-probs precomputed for %d train / %d eval examples in %.1f s",
+                 len(data.train), len(data.eval), time.perf_counter() - start)
+    elif mode == "live":
+        ref_model = load_causal_lm(recipe.reference.path or recipe.model.path, recipe.model.dtype,
+                                   recipe.model.trust_remote_code)
+        reference = reference_eval = LiveReference(ref_model, ctx)
+
+    last_eval: dict[str, float] = {}
+    if data.eval:
+        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2)
+        writer.write({"step": 0, **last_eval})
+
+    progress = None
+    if rank == 0 and t.progress_bar:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=t.max_steps, desc=f"train {recipe.run.name}", unit="step", dynamic_ncols=True)
+    tokens_seen = 0
+    last_train: dict[str, float] = {}
+    window_start = time.perf_counter()
+    window_tokens = 0
+    for step in range(t.max_steps):
+        sums: dict[str, float] = {}
+        for ids in worker_micro_batches(len(data.train), recipe.run.seed, step, t.micro_batch_size, t.grad_accum,
+                                        rank, world):
+            batch = collate([data.train[i] for i in ids])
+            inputs = objective_inputs(data.kind, backend.module, batch, ctx, reference)
+            loss, metrics = objective.loss_fn(inputs, params)
+            if not torch.isfinite(loss):
+                raise AlignkitError(f"non-finite loss {float(loss)} at step {step + 1} on examples {ids} "
+                                    f"(worker {rank}); lower optim.lr or check the data")
+            backend.backward(loss)
+            backend.step()
+            for key, value in {"loss": loss, **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            window_tokens += int(batch["attention_mask"].sum())
+        means = _mean_across_workers(sums, float(t.grad_accum))
+        tokens = float(_all_reduce_sum(torch.tensor([float(window_tokens)], dtype=torch.float64))[0])
+        tokens_seen += int(tokens)
+        elapsed = time.perf_counter() - window_start
+        last_train = {f"train/{k}": v for k, v in means.items()}
+        record = {"step": step + 1, **last_train, "train/lr": backend.lr(), "train/grad_norm": backend.last_grad_norm,
+                  "train/tokens_per_s": tokens / max(elapsed, 1e-9), "train/tokens": tokens_seen,
+                  "time/step_s": elapsed}
+        window_start, window_tokens = time.perf_counter(), 0
+        is_last = step + 1 == t.max_steps
+        if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
+            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2)
+            record.update(last_eval)
+        if (step + 1) % t.log_every == 0 or is_last or len(record) > 8 + len(last_train):
+            writer.write(record)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+    if progress is not None:
+        progress.close()
+    export_model(backend, model, recipe, output_dir / "final", rank)
+    return {**last_train, **last_eval, "train/tokens": tokens_seen}
+
+
+def export_model(backend, model, recipe: Recipe, path: Path, rank: int) -> None:
+    """A Hugging Face directory (safetensors) loadable by AutoModelForCausalLM.from_pretrained; rank 0 writes it."""
+    state = backend.state_dict_for_export()  # collective under ZeRO-3: every rank calls it
+    if rank != 0:
+        return
+    from alignkit.models.loading import load_tokenizer
+
+    dtype = DTYPES[recipe.model.dtype]
+    state = {k: v.to(dtype) for k, v in state.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    target = model.module if hasattr(model, "module") else model
+    target.save_pretrained(tmp, state_dict=state)
+    load_tokenizer(recipe.model.path).save_pretrained(tmp)
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    os.replace(tmp, path)

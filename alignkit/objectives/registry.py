@@ -1,0 +1,69 @@
+"""The objective registry. An objective is a pure function `(inputs, params) -> (loss, metrics)` over tensors the
+engine computes for its record kind, plus a parameters dataclass (the keys allowed under `objective:` in a recipe).
+
+Record kinds and the tensors the engine hands over (all per example, shape [B], float32):
+- `pairs`: policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths (label tokens), and when a
+  reference is used ref_chosen_logps, ref_rejected_logps.
+- `sft`: token_logps [B, T] and token_mask [B, T] (response tokens only).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from alignkit.errors import RecipeError
+
+Metrics = dict[str, torch.Tensor]
+LossFn = Callable[[dict[str, torch.Tensor], object], tuple[torch.Tensor, Metrics]]
+RecordKind = Literal["pairs", "sft"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    kind: RecordKind
+    reference: Literal["required", "none"]
+    params_cls: type
+    loss_fn: LossFn
+    doc: str = ""
+
+    def make_params(self, values: dict):
+        return self.params_cls(**values)
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def register(name: str, *, kind: RecordKind, params: type, reference: Literal["required", "none"] = "none"):
+    """Decorator: `@register("dpo", kind="pairs", params=DPOParams, reference="required")`."""
+    if not dataclasses.is_dataclass(params):
+        raise TypeError(f"params of objective {name} must be a dataclass")
+
+    def wrap(fn: LossFn) -> LossFn:
+        if name in _REGISTRY:
+            raise ValueError(f"objective {name!r} is registered twice")
+        _REGISTRY[name] = Objective(name, kind, reference, params, fn, (fn.__doc__ or "").strip())
+        return fn
+
+    return wrap
+
+
+def get_objective(name: str) -> Objective:
+    _load_builtin_objectives()
+    if name not in _REGISTRY:
+        raise RecipeError(f"unknown objective `{name}`; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def list_objectives() -> list[Objective]:
+    _load_builtin_objectives()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def _load_builtin_objectives() -> None:
+    # Importing the modules runs their @register decorators.
+    from alignkit.objectives import dpo, sft  # noqa: F401

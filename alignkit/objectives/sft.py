@@ -1,0 +1,25 @@
+"""Supervised fine-tuning: token-mean negative log-likelihood of response tokens over the whole batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.objectives.registry import register
+
+
+@dataclass
+class SFTParams:
+    pass
+
+
+def token_mean_nll(token_logps: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over all response tokens of the batch (HF `outputs.loss` reduction), not a mean of per-sequence means."""
+    return -(token_logps * token_mask).sum() / token_mask.sum().clamp(min=1)
+
+
+@register("sft", kind="sft", params=SFTParams)
+def sft(inputs: dict[str, torch.Tensor], p: SFTParams):
+    """Maximum likelihood on response tokens (prompt tokens masked)."""
+    loss = token_mean_nll(inputs["token_logps"], inputs["token_mask"])
+    return loss, {"nll": loss.detach()}

@@ -1,0 +1,142 @@
+"""Offline training from a dataset (DPO family, SFT, and every objective of kind `pairs` or `sft`):
+prepare (model, data, validation) -> train in Ray Train workers -> evaluate held-out behaviour -> report."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+from alignkit.config.loader import dump_recipe
+from alignkit.config.schema import Recipe
+from alignkit.data.encode import EncodeSettings, encode_rows
+from alignkit.data.sources import behaviour_scorer, load_records
+from alignkit.models.loading import check_model_source, load_tokenizer, resolve_model_path
+from alignkit.objectives import get_objective
+
+log = logging.getLogger(__name__)
+
+
+def provenance() -> dict:
+    import importlib.metadata as md
+
+    import alignkit
+
+    versions = {"alignkit": alignkit.__version__}
+    for package in ("torch", "transformers", "deepspeed", "ray", "trl", "datasets"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        sha = None
+    return {"versions": versions, "git_sha": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
+    """Load, validate and tokenize train/eval data once, in the driver, so bad data fails before workers start."""
+    kind = get_objective(recipe.objective.name).kind
+    d = recipe.data
+    tokenizer = load_tokenizer(recipe.model.path)
+    settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
+    train = load_records(d.train, d.train_split, kind, on_bad_row=d.on_bad_row, limit=d.train_size, seed=d.seed,
+                         hub_config=d.hub_config)
+    encoded_train, cut_train = encode_rows(tokenizer, train.rows, kind, settings, train.origin)
+    eval_rows, encoded_eval, cut_eval, eval_origin = [], [], 0, None
+    if d.eval:
+        held_out = load_records(d.eval, d.eval_split, kind, on_bad_row=d.on_bad_row, limit=d.eval_size, seed=d.seed,
+                                hub_config=d.hub_config)
+        eval_rows, eval_origin = held_out.rows, held_out.origin
+        encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows, kind, settings, held_out.origin)
+    stats = {"train_rows": len(encoded_train), "eval_rows": len(encoded_eval), "train_origin": train.origin,
+             "eval_origin": eval_origin, "skipped_rows": train.skipped, "truncated_rows": cut_train + cut_eval}
+    if cut_train + cut_eval:
+        log.warning("%d row(s) truncated to data.max_length=%d / max_prompt_length=%d", cut_train + cut_eval,
+                    d.max_length, d.max_prompt_length)
+    encoded = {"kind": kind, "train": encoded_train, "eval": encoded_eval, "pad_id": tokenizer.pad_token_id}
+    return encoded, {"stats": stats, "eval_rows": eval_rows}
+
+
+def run(recipe: Recipe) -> Path:
+    from alignkit.distributed.ray_train import ensure_ray, run_training
+
+    started = time.perf_counter()
+    out = Path(recipe.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.jsonl", "report.md", "behaviour.json"):
+        (out / stale).unlink(missing_ok=True)
+    (out / "recipe.yaml").write_text(
+        dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
+        + "provenance: " + json.dumps(provenance()) + "\n")
+
+    t0 = time.perf_counter()
+    check_model_source(recipe.model.path)
+    model_dir = resolve_model_path(recipe.model.path)
+    encoded, info = prepare_data(recipe)
+    stats = info["stats"]
+    t = recipe.trainer
+    log.info("model %s; data: %d train rows from %s, %d held-out rows; prepared in %.1f s", recipe.model.path,
+             stats["train_rows"], stats["train_origin"], stats["eval_rows"], time.perf_counter() - t0)
+    log.info("global batch = micro_batch_size %d x grad_accum %d x num_workers %d = %d examples per optimizer step; "
+             "%d steps = %.2f epochs", t.micro_batch_size, t.grad_accum, recipe.cluster.num_workers,
+             recipe.global_batch_size, t.max_steps, t.max_steps * recipe.global_batch_size / stats["train_rows"])
+
+    ensure_ray()
+    t1 = time.perf_counter()
+    run_training(recipe, encoded, out)
+    train_seconds = time.perf_counter() - t1
+
+    behaviour = None
+    scorer = behaviour_scorer(recipe.data.eval)
+    eval_rows = info["eval_rows"][:recipe.eval.num_prompts]
+    if recipe.eval.generate and eval_rows:
+        behaviour = _behaviour(recipe, model_dir, out / "final", eval_rows, scorer)
+        (out / "behaviour.json").write_text(json.dumps(behaviour, indent=1))
+
+    facts = {
+        "recipe": recipe.source, "model": recipe.model.path,
+        "objective": f"{recipe.objective.name} {recipe.objective.params or ''}".strip(),
+        "data": f"{stats['train_rows']} train rows ({stats['train_origin']}), {stats['eval_rows']} held-out rows",
+        "optimizer steps": t.max_steps,
+        "global batch": f"{recipe.global_batch_size} (micro {t.micro_batch_size} x accum {t.grad_accum} x "
+                        f"{recipe.cluster.num_workers} workers)",
+        "backend": f"{t.backend}" + (f" ZeRO-{t.zero_stage}" if t.backend == "deepspeed" else "")
+                   + f", {t.precision}",
+        "training wall time (Ray Train, incl. worker start)": f"{train_seconds:.0f} s",
+        "total wall time": f"{time.perf_counter() - started:.0f} s",
+    }
+    from alignkit.evaluation.report import write_report
+
+    report = write_report(out, {"title": f"alignkit run `{recipe.run.name}`", "facts": facts}, behaviour,
+                          [_prompt_text(r["prompt"]) for r in eval_rows])
+    log.info("report: %s", report)
+    return out
+
+
+def _prompt_text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def _behaviour(recipe: Recipe, start_dir: str, final_dir: Path, rows: list[dict], scorer) -> dict:
+    """Greedy generations of the starting and the trained model on held-out prompts, in Ray tasks (on a GPU if the
+    cluster has them)."""
+    import ray
+
+    from alignkit.evaluation.generation import behaviour_eval
+
+    e, c = recipe.eval, recipe.cluster
+    threads = max(1, int(c.cpus_per_worker * c.num_workers))
+    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(behaviour_eval)
+    args = dict(rows=rows, scorer=scorer, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                dtype=recipe.model.dtype, threads=threads)
+    start = time.perf_counter()
+    result = {"final": ray.get(task.remote(str(final_dir), **args))}
+    if e.compare_to_start:
+        result["start"] = ray.get(task.remote(start_dir, **args))
+    log.info("held-out generations: %s (start: %s) in %.1f s", result["final"]["metrics"],
+             result.get("start", {}).get("metrics"), time.perf_counter() - start)
+    return result
