@@ -27,7 +27,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True)
         log.info("connected to Ray cluster %s", os.environ.get("RAY_ADDRESS", "(job)"))
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        # The dashboard is on because Ray Train's placement-group cleaner polls the state API and logs a warning
+        # every second without it.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
                  runtime_env={"env_vars": _worker_env()})
         log.info("started a local Ray in %.1f s", time.perf_counter() - start)
 

@@ -24,7 +24,7 @@ from alignkit.data.encode import COLLATORS
 from alignkit.engine.backends import make_backend
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import DTYPES, load_causal_lm
-from alignkit.models.logps import sequence_logps, token_logps
+from alignkit.models.logps import forward_token_logps
 from alignkit.objectives import get_objective
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,7 @@ class StepInputs:
 
 def _forward_logps(module, batch: dict, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     with ctx:
-        logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    tok, mask = token_logps(logits, batch["labels"])
+        tok, mask = forward_token_logps(module, batch["input_ids"], batch["attention_mask"], batch["labels"])
     return tok, mask, tok.sum(-1), mask.sum(-1)
 
 
@@ -117,14 +116,18 @@ class PrecomputedReference:
         return rows[:, 0], rows[:, 1]
 
     @classmethod
-    def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx) -> "PrecomputedReference":
+    def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx,
+                needed: list[int] | None = None) -> "PrecomputedReference":
+        """`needed`: the example indices the run will visit (default all); only those are computed."""
         rank, world = _rank_world()
+        needed = sorted(set(needed)) if needed is not None else list(range(len(examples)))
         table = torch.zeros(len(examples), 2, dtype=torch.float64)
         was_training = module.training
         module.eval()
         with torch.no_grad():
-            for ids in sharded_eval_batches(len(examples), batch_size, rank, world):
-                batch = collate([examples[i] for i in (ids or [0])])
+            for positions in sharded_eval_batches(len(needed), batch_size, rank, world):
+                ids = [needed[p] for p in positions]
+                batch = collate([examples[i] for i in (ids or [needed[0]])])
                 _, _, seq, _ = _forward_logps(module, batch, ctx)
                 if ids:
                     b = len(ids)
@@ -214,6 +217,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
     model.train()
     backend = make_backend(model, recipe)
     ctx = backend.forward_context()
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None)
 
     mode = recipe.reference.mode
@@ -222,12 +227,15 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
     reference = reference_eval = None
     start = time.perf_counter()
     if mode == "precompute":
-        reference = PrecomputedReference.compute(backend.module, data.train, collate, t.micro_batch_size * 2, ctx)
+        global_batch = t.micro_batch_size * t.grad_accum * world
+        visited = stream_indices(len(data.train), recipe.run.seed, 0, t.max_steps * global_batch)
+        reference = PrecomputedReference.compute(backend.module, data.train, collate, t.micro_batch_size * 2, ctx,
+                                                 needed=visited)
         if data.eval:
             reference_eval = PrecomputedReference.compute(backend.module, data.eval, collate, t.micro_batch_size * 2,
                                                           ctx)
-        log.info("reference log-probs precomputed for %d train / %d eval examples in %.1f s",
-                 len(data.train), len(data.eval), time.perf_counter() - start)
+        log.info("reference log-probs precomputed for the %d train examples this run visits and %d eval examples "
+                 "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
     elif mode == "live":
         ref_model = load_causal_lm(recipe.reference.path or recipe.model.path, recipe.model.dtype,
                                    recipe.model.trust_remote_code)
@@ -270,13 +278,13 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
         record = {"step": step + 1, **last_train, "train/lr": backend.lr(), "train/grad_norm": backend.last_grad_norm,
                   "train/tokens_per_s": tokens / max(elapsed, 1e-9), "train/tokens": tokens_seen,
                   "time/step_s": elapsed}
-        window_start, window_tokens = time.perf_counter(), 0
         is_last = step + 1 == t.max_steps
         if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
             last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2)
             record.update(last_eval)
         if (step + 1) % t.log_every == 0 or is_last or len(record) > 8 + len(last_train):
             writer.write(record)
+        window_start, window_tokens = time.perf_counter(), 0  # after eval/logging: step time is training only
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)

@@ -23,3 +23,33 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """[B] summed log-prob of the label tokens, [B] number of label tokens."""
     lp, mask = token_logps(logits, labels)
     return lp.sum(-1), mask.sum(-1)
+
+
+def _unwrap(module):
+    return getattr(module, "module", module)  # DeepSpeedEngine -> the HF model
+
+
+def supports_label_only_head(module) -> bool:
+    """True when the LM head can be applied to selected positions only: a plain linear head after the backbone."""
+    model = _unwrap(module)
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    config = getattr(model, "config", None)
+    return (isinstance(head, torch.nn.Linear) and hasattr(model, "base_model") and model.base_model is not model
+            and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None))
+
+
+def forward_token_logps(module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same result as `token_logps(module(...).logits, labels)`, but the LM head runs only at positions whose next
+    token is a label: prompt and padding positions never produce [V]-sized logits (less compute and memory)."""
+    if not supports_label_only_head(module):
+        return token_logps(module(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    model = _unwrap(module)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()  # [N, V] for the N label positions
+    picked = logits.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+    lp = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    lp = lp.masked_scatter(mask, picked - torch.logsumexp(logits, dim=-1))
+    return lp, mask
