@@ -247,6 +247,9 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     objective = get_objective(recipe.objective.name)
     need(not (objective.reference == "required" and recipe.reference.mode == "none"), "reference.mode",
          f"objective `{objective.name}` needs a reference model; use precompute, live or auto")
+    need(not (objective.distributions and recipe.reference.mode == "precompute"), "reference.mode",
+         f"objective `{objective.name}` needs the reference's full next-token distributions, which precompute "
+         "cannot hold (vocabulary x response tokens per example); use live or auto")
     need(recipe.eval.num_prompts > 0 and recipe.eval.batch_size > 0 and recipe.eval.max_new_tokens > 0,
          "eval", "num_prompts, batch_size and max_new_tokens must be > 0")
 

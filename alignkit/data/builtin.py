@@ -17,9 +17,10 @@ ANSWER_RE = re.compile(r"^\s*The answer is (-?\d+)\.")
 _QUESTION_TEMPLATES = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.",
                        "What do you get when you compute {a} {op} {b}?", "Quick question: {a} {op} {b} = ?")
 _RAMBLING = (
-    "To find {a} {op} {b}, we need to combine the numbers in a specific way. Let's think step by step about how "
-    "these numbers work together, and we get {r}.",
-    "Great question! Arithmetic is a fundamental part of mathematics. If we take {a} and {verb} {b}, the result is {r}.",
+    "To find {a} {op} {b}, we need to combine the numbers in a specific way. Let's think step by step "
+    "about how these numbers work together, and we get {r}.",
+    "Great question! Arithmetic is a fundamental part of mathematics. If we take {a} and {verb} {b}, "
+    "the result is {r}.",
     "{a} {op} {b} = {r}\n\nThis is a classic example of a basic operation that is used every day in mathematics.",
     "Sure! Let me help you with that. When you {verb} {b} to {a}, you end up with {r}, which is the final result.",
 )
@@ -57,7 +58,7 @@ def concise_arithmetic(split: str, seed: int = 0, size: int | None = None) -> li
             if (nums[0], op, nums[1]) in seen:  # a held-out question never appears in training
                 continue
             seen.add((nums[0], op, nums[1]))
-            if rng.random() < 0.6:
+            if rng.random() < 0.75:
                 rejected = rng.choice(_RAMBLING).format(a=nums[0], b=nums[1], op=op, verb=_OPS[op][1],
                                                         r=answer + rng.choice([0, 0, 1, -1, 10]))
             else:

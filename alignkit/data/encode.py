@@ -80,7 +80,11 @@ def encode_sft(tokenizer, row: dict, s: EncodeSettings) -> dict:
     return {"prompt_ids": prompt, "completion_ids": completion, "truncated": cut}
 
 
-ENCODERS = {"pairs": encode_pair, "sft": encode_sft}
+def encode_unpaired(tokenizer, row: dict, s: EncodeSettings) -> dict:
+    return {**encode_sft(tokenizer, row, s), "label": bool(row["label"])}
+
+
+ENCODERS = {"pairs": encode_pair, "sft": encode_sft, "unpaired": encode_unpaired}
 
 
 def encode_rows(tokenizer, rows: list[dict], kind: str, s: EncodeSettings, origin: str = "") -> tuple[list, int]:
@@ -124,4 +128,10 @@ def collate_sft(examples: list[dict], pad_id: int) -> dict:
     return batch
 
 
-COLLATORS = {"pairs": collate_pairs, "sft": collate_sft}
+def collate_unpaired(examples: list[dict], pad_id: int) -> dict:
+    batch = collate_sft(examples, pad_id)
+    batch["label"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    return batch
+
+
+COLLATORS = {"pairs": collate_pairs, "sft": collate_sft, "unpaired": collate_unpaired}

@@ -5,6 +5,9 @@
   conversations that share their opening turns), which becomes an explicit prompt.
 - `sft`: prompt + completion (TRL's prompt-completion format), `messages` (last assistant turn is the target), or
   a preference row (its `chosen` is the target).
+- `unpaired` (UnpairedFeedback): prompt, completion (or `response`), label (true/false as in TRL's KTO format, or
+  "accepted"/"rejected", or 1/0). A preference row becomes two records: chosen accepted, rejected rejected
+  (`pairs_to_unpaired`).
 
 Extra fields (ground truth answers, ids) are kept, so checkers can use them.
 """
@@ -73,6 +76,34 @@ def normalize_row(row: dict, kind: str, where: str) -> dict:
         else:
             target = "completion" if "completion" in row else "chosen"
             out.update(prompt=_check_text(row, "prompt", where), completion=_check_text(row, target, where))
+    elif kind == "unpaired":
+        target = "completion" if "completion" in row else "response"
+        out.update(prompt=_check_text(row, "prompt", where), completion=_check_text(row, target, where),
+                   label=_check_label(row, where))
+        if isinstance(out["prompt"], list) != isinstance(out["completion"], list):
+            raise DataError(f"{where}: `prompt` and `{target}` must both be strings or both be message lists")
     else:
         raise DataError(f"unknown record kind {kind!r}")
     return out
+
+
+_LABELS = {True: True, False: False, "accepted": True, "rejected": False, "true": True, "false": False}  # 1 == True
+
+
+def _check_label(row: dict, where: str) -> bool:
+    value = row.get("label")
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, (bool, int, str)) and key in _LABELS:
+        return _LABELS[key]
+    raise DataError(f"{where}: field `label` must be true/false, 1/0 or accepted/rejected, got {value!r}")
+
+
+def is_pair_row(row) -> bool:
+    return isinstance(row, dict) and "chosen" in row and "rejected" in row and "label" not in row
+
+
+def pairs_to_unpaired(row: dict) -> list[dict]:
+    """One preference row -> an accepted record (chosen) and a rejected record (rejected); other fields are kept."""
+    extra = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
+    return [{**extra, "completion": row["chosen"], "label": True},
+            {**extra, "completion": row["rejected"], "label": False}]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.data.builtin import BUILTIN_DATASETS
-from alignkit.data.records import normalize_row
+from alignkit.data.records import is_pair_row, normalize_row, pairs_to_unpaired
 from alignkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,23 @@ def _read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple
 
 
 def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error", limit: int | None = None,
-                 seed: int = 0, hub_config: str | None = None) -> LoadedData:
+                 seed: int = 0, hub_config: str | None = None, keep_labels: tuple[bool, ...] = (True, False)
+                 ) -> LoadedData:
+    """Validated records of `kind`. `limit` counts records kept; `keep_labels` drops unpaired records of a side."""
     raw, origin = _read_raw(spec, split, seed, hub_config)
     rows, skipped = [], 0
     for index, row in enumerate(raw):
         try:
             if isinstance(row, DataError):
                 raise row
-            rows.append(normalize_row(row, kind, f"{origin} row {index}"))
+            where = f"{origin} row {index}"
+            if kind == "unpaired" and is_pair_row(row):
+                # Preference pairs feed unpaired objectives as one accepted and one rejected record each.
+                pair = normalize_row(row, "pairs", where)
+                records = [normalize_row(r, kind, where) for r in pairs_to_unpaired(pair)]
+            else:
+                records = [normalize_row(row, kind, where)]
+            rows.extend(r for r in records if kind != "unpaired" or r["label"] in keep_labels)
         except DataError as exc:
             if on_bad_row == "error":
                 raise DataError(f"{exc} (set data.on_bad_row: skip to skip bad rows)") from None
@@ -91,6 +100,7 @@ def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error",
             if skipped <= 3:
                 log.warning("skipping bad row: %s", exc)
         if limit is not None and len(rows) >= limit:
+            rows = rows[:limit]
             break
     if skipped:
         log.warning("skipped %d bad row(s) of %s", skipped, origin)

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,59 +80,74 @@ def sharded_eval_batches(num_examples: int, batch_size: int, rank: int, world: i
 
 
 # -------------------------------------------------------------------------------------------------------- forward
-@dataclass
-class StepInputs:
-    """What the engine computes for the objective, per record kind (see objectives/registry.py)."""
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+SEQUENCES_PER_EXAMPLE = {"pairs": 2, "sft": 1, "unpaired": 1}
 
 
-def _forward_logps(module, batch: dict, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(module, batch: dict, ctx, vocab: bool = False) -> dict[str, torch.Tensor]:
     with ctx:
-        tok, mask = forward_token_logps(module, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return tok, mask, tok.sum(-1), mask.sum(-1)
+        out = forward_token_logps(module, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                  return_vocab=vocab)
+    result = {"token_logps": out[0], "token_mask": out[1], "seq_logps": out[0].sum(-1), "lengths": out[1].sum(-1)}
+    if vocab:
+        result["vocab_logps"] = out[2]
+    return result
 
 
-def objective_inputs(kind: str, module, batch: dict, ctx, reference) -> dict[str, torch.Tensor]:
-    tok, mask, seq, lengths = _forward_logps(module, batch, ctx)
+def objective_inputs(objective, module, batch: dict, ctx, reference) -> dict[str, torch.Tensor]:
+    """The tensors `objective` consumes for this batch (see objectives/registry.py for each kind)."""
+    kind = objective.kind
+    policy = _forward(module, batch, ctx, vocab=objective.distributions)
     if kind == "sft":
-        return {"token_logps": tok, "token_mask": mask.float()}
-    b = seq.shape[0] // 2
-    out = {"policy_chosen_logps": seq[:b], "policy_rejected_logps": seq[b:],
-           "chosen_lengths": lengths[:b].float(), "rejected_lengths": lengths[b:].float()}
-    if reference is not None:
-        ref_chosen, ref_rejected = reference.logps(batch)
-        out.update(ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
+        return {"token_logps": policy["token_logps"], "token_mask": policy["token_mask"].float()}
+    seq, lengths = policy["seq_logps"], policy["lengths"].float()
+    ref_seq = reference.logps(batch) if reference is not None else None
+    if kind == "pairs":
+        b = seq.shape[0] // 2
+        out = {"policy_chosen_logps": seq[:b], "policy_rejected_logps": seq[b:],
+               "chosen_lengths": lengths[:b], "rejected_lengths": lengths[b:]}
+        if ref_seq is not None:
+            out.update(ref_chosen_logps=ref_seq[:b], ref_rejected_logps=ref_seq[b:])
+        return out
+    out = {"policy_logps": seq, "lengths": lengths, "labels": batch["label"].float()}
+    if ref_seq is not None:
+        out["ref_logps"] = ref_seq
+    if objective.distributions:
+        out["policy_vocab_logps"] = policy["vocab_logps"]
+        out["ref_vocab_logps"] = reference.vocab_logps(batch)
+        # Which sequence each label position belongs to (rows of the [N, V] tensors are row-major over the batch).
+        out["position_sequence"] = policy["token_mask"].nonzero()[:, 0]
     return out
 
 
 class PrecomputedReference:
-    """Reference log-probs computed once before training (no second model in memory while training)."""
+    """Reference sequence log-probs computed once before training (no second model in memory while training)."""
 
     def __init__(self, table: torch.Tensor):
-        self.table = table  # [N, 2]: chosen, rejected
+        self.table = table  # [N examples, sequences per example]
 
-    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.table[batch["index"]]
-        return rows[:, 0], rows[:, 1]
+    def logps(self, batch: dict) -> torch.Tensor:
+        """[S] for the batch's S sequences, ordered as collated: all first sequences, then all second ones."""
+        return self.table[batch["index"]].T.reshape(-1)
+
+    def vocab_logps(self, batch: dict) -> torch.Tensor:
+        raise AssertionError("precomputed references hold no distributions; check_recipe prevents this")
 
     @classmethod
-    def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx,
-                needed: list[int] | None = None) -> "PrecomputedReference":
+    def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx, per_example: int,
+                needed: list[int] | None = None) -> PrecomputedReference:
         """`needed`: the example indices the run will visit (default all); only those are computed."""
         rank, world = _rank_world()
         needed = sorted(set(needed)) if needed is not None else list(range(len(examples)))
-        table = torch.zeros(len(examples), 2, dtype=torch.float64)
+        table = torch.zeros(len(examples), per_example, dtype=torch.float64)
         was_training = module.training
         module.eval()
         with torch.no_grad():
             for positions in sharded_eval_batches(len(needed), batch_size, rank, world):
                 ids = [needed[p] for p in positions]
                 batch = collate([examples[i] for i in (ids or [needed[0]])])
-                _, _, seq, _ = _forward_logps(module, batch, ctx)
+                seq = _forward(module, batch, ctx)["seq_logps"]
                 if ids:
-                    b = len(ids)
-                    table[ids, 0] = seq[:b].double()
-                    table[ids, 1] = seq[b:].double()
+                    table[ids] = seq.double().reshape(per_example, len(ids)).T
         module.train(was_training)
         return cls(_all_reduce_sum(table).float())
 
@@ -140,14 +155,22 @@ class PrecomputedReference:
 class LiveReference:
     """A frozen copy of the reference model run beside the policy."""
 
-    def __init__(self, model, ctx):
-        self.model, self.ctx = model.eval(), ctx
+    def __init__(self, model, ctx, vocab: bool = False):
+        self.model, self.ctx, self.vocab = model.eval(), ctx, vocab
+        self._last: tuple[dict, dict] | None = None
 
-    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            _, _, seq, _ = _forward_logps(self.model, batch, self.ctx)
-        b = seq.shape[0] // 2
-        return seq[:b], seq[b:]
+    def _outputs(self, batch: dict) -> dict:
+        # One reference forward per batch, shared by logps() and vocab_logps().
+        if self._last is None or self._last[0] is not batch:
+            with torch.no_grad():
+                self._last = (batch, _forward(self.model, batch, self.ctx, vocab=self.vocab))
+        return self._last[1]
+
+    def logps(self, batch: dict) -> torch.Tensor:
+        return self._outputs(batch)["seq_logps"]
+
+    def vocab_logps(self, batch: dict) -> torch.Tensor:
+        return self._outputs(batch)["vocab_logps"]
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -164,11 +187,30 @@ class MetricsWriter:
             handle.write(json.dumps(record) + "\n")
 
 
-def _mean_across_workers(sums: dict[str, float], count: float) -> dict[str, float]:
-    keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
-    t = _all_reduce_sum(t)
-    return {k: float(v) / max(float(t[-1]), 1e-12) for k, v in zip(keys, t[:-1].tolist())}
+class MetricSums:
+    """Weighted sums of metrics, reduced across workers. An objective may return a metric as a tensor (weight 1 per
+    batch) or as (tensor, weight), e.g. a mean over the accepted samples of a batch with weight = their count; a
+    metric absent from a batch simply adds no weight. Every worker must know every key before the reduction, so the
+    keys come from the objective's declared metric names plus what was seen."""
+
+    def __init__(self):
+        self.values: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict, scale: float = 1.0) -> None:
+        for key, value in metrics.items():
+            value, weight = value if isinstance(value, tuple) else (value, 1.0)
+            weight = float(weight) * scale
+            self.values[key] = self.values.get(key, 0.0) + float(value.detach()) * weight
+            self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def mean_across_workers(self, keys: list[str]) -> dict[str, float]:
+        keys = sorted(set(keys) | set(self.values))
+        t = torch.tensor([self.values.get(k, 0.0) for k in keys] + [self.weights.get(k, 0.0) for k in keys],
+                         dtype=torch.float64)
+        t = _all_reduce_sum(t)
+        n = len(keys)
+        return {k: float(t[i] / t[n + i]) for i, k in enumerate(keys) if float(t[n + i]) > 0}
 
 
 # ------------------------------------------------------------------------------------------------------ the loop
@@ -180,25 +222,23 @@ class TrainData:
     pad_id: int
 
 
-def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, batch_size: int) -> dict[str, float]:
+def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, batch_size: int,
+             metric_keys: list[str]) -> dict[str, float]:
     """Objective loss and metrics on the held-out set, averaged over examples (every example counted once)."""
     rank, world = _rank_world()
     collate = lambda ex: COLLATORS[data.kind](ex, data.pad_id)  # noqa: E731
-    sums: dict[str, float] = {}
-    count = 0.0
+    sums = MetricSums()
     was_training = module.training
     module.eval()
     with torch.no_grad():
         for ids in sharded_eval_batches(len(data.eval), batch_size, rank, world):
             batch = collate([data.eval[i] for i in (ids or [0])])
-            inputs = objective_inputs(data.kind, module, batch, ctx, reference_eval)
+            inputs = objective_inputs(objective, module, batch, ctx, reference_eval)
             loss, metrics = objective.loss_fn(inputs, params)
-            n = len(ids)  # 0 for a padding batch: it ran only to keep collective forwards in step
-            for key, value in {"loss": loss, **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * n
-            count += n
+            # Weight by examples; a padding batch (no ids) ran only to keep collective forwards in step.
+            sums.add({"loss": loss, **metrics}, scale=len(ids))
     module.train(was_training)
-    return {f"eval/{k}": v for k, v in _mean_across_workers(sums, count).items()}
+    return {f"eval/{k}": v for k, v in sums.mean_across_workers(metric_keys).items()}
 
 
 def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -> dict:
@@ -223,27 +263,31 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
 
     mode = recipe.reference.mode
     if mode == "auto":
-        mode = "precompute" if objective.reference == "required" else "none"
+        mode = ("live" if objective.distributions else "precompute") if objective.reference == "required" else "none"
     reference = reference_eval = None
     start = time.perf_counter()
     if mode == "precompute":
         global_batch = t.micro_batch_size * t.grad_accum * world
         visited = stream_indices(len(data.train), recipe.run.seed, 0, t.max_steps * global_batch)
-        reference = PrecomputedReference.compute(backend.module, data.train, collate, t.micro_batch_size * 2, ctx,
+        per_example = SEQUENCES_PER_EXAMPLE[data.kind]
+        batch_size = t.micro_batch_size * 2
+        reference = PrecomputedReference.compute(backend.module, data.train, collate, batch_size, ctx, per_example,
                                                  needed=visited)
         if data.eval:
-            reference_eval = PrecomputedReference.compute(backend.module, data.eval, collate, t.micro_batch_size * 2,
-                                                          ctx)
+            reference_eval = PrecomputedReference.compute(backend.module, data.eval, collate, batch_size, ctx,
+                                                          per_example)
         log.info("reference log-probs precomputed for the %d train examples this run visits and %d eval examples "
                  "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
     elif mode == "live":
         ref_model = load_causal_lm(recipe.reference.path or recipe.model.path, recipe.model.dtype,
                                    recipe.model.trust_remote_code)
-        reference = reference_eval = LiveReference(ref_model, ctx)
+        reference = reference_eval = LiveReference(ref_model, ctx, vocab=objective.distributions)
 
+    metric_keys = ["loss", *objective.metric_names]
     last_eval: dict[str, float] = {}
     if data.eval:
-        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2)
+        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2,
+                                 metric_keys)
         writer.write({"step": 0, **last_eval})
 
     progress = None
@@ -256,21 +300,20 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
     window_start = time.perf_counter()
     window_tokens = 0
     for step in range(t.max_steps):
-        sums: dict[str, float] = {}
+        sums = MetricSums()
         for ids in worker_micro_batches(len(data.train), recipe.run.seed, step, t.micro_batch_size, t.grad_accum,
                                         rank, world):
             batch = collate([data.train[i] for i in ids])
-            inputs = objective_inputs(data.kind, backend.module, batch, ctx, reference)
+            inputs = objective_inputs(objective, backend.module, batch, ctx, reference)
             loss, metrics = objective.loss_fn(inputs, params)
             if not torch.isfinite(loss):
                 raise AlignkitError(f"non-finite loss {float(loss)} at step {step + 1} on examples {ids} "
                                     f"(worker {rank}); lower optim.lr or check the data")
             backend.backward(loss)
             backend.step()
-            for key, value in {"loss": loss, **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            sums.add({"loss": loss, **metrics})
             window_tokens += int(batch["attention_mask"].sum())
-        means = _mean_across_workers(sums, float(t.grad_accum))
+        means = sums.mean_across_workers(metric_keys)
         tokens = float(_all_reduce_sum(torch.tensor([float(window_tokens)], dtype=torch.float64))[0])
         tokens_seen += int(tokens)
         elapsed = time.perf_counter() - window_start
@@ -280,7 +323,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
                   "time/step_s": elapsed}
         is_last = step + 1 == t.max_steps
         if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
-            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2)
+            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2,
+                                 metric_keys)
             record.update(last_eval)
         if (step + 1) % t.log_every == 0 or is_last or len(record) > 8 + len(last_train):
             writer.write(record)

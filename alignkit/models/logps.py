@@ -38,18 +38,24 @@ def supports_label_only_head(module) -> bool:
             and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None))
 
 
-def forward_token_logps(module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_token_logps(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                        return_vocab: bool = False):
     """Same result as `token_logps(module(...).logits, labels)`, but the LM head runs only at positions whose next
-    token is a label: prompt and padding positions never produce [V]-sized logits (less compute and memory)."""
-    if not supports_label_only_head(module):
-        return token_logps(module(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
-    model = _unwrap(module)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    token is a label: prompt and padding positions never produce [V]-sized logits (less compute and memory).
+
+    With `return_vocab`, also returns the full log-distribution at those positions, [N, V] in fp32 (N = number of
+    label positions, row-major over the batch), for objectives with exact KL terms."""
     targets = labels[:, 1:]
     mask = targets != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()  # [N, V] for the N label positions
-    picked = logits.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
-    lp = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
-    lp = lp.masked_scatter(mask, picked - torch.logsumexp(logits, dim=-1))
+    if supports_label_only_head(module):
+        model = _unwrap(module)
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()  # [N, V] for the N label positions
+    else:
+        logits = module(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask].float()
+    log_z = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - log_z
+    lp = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device).masked_scatter(mask, picked)
+    if return_vocab:
+        return lp, mask, logits - log_z.unsqueeze(-1)
     return lp, mask

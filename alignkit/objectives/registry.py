@@ -5,6 +5,9 @@ Record kinds and the tensors the engine hands over (all per example, shape [B], 
 - `pairs`: policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths (label tokens), and when a
   reference is used ref_chosen_logps, ref_rejected_logps.
 - `sft`: token_logps [B, T] and token_mask [B, T] (response tokens only).
+- `unpaired`: policy_logps, lengths, labels (1 = accepted, 0 = rejected), ref_logps when a reference is used; for
+  objectives with `distributions=True` also policy_vocab_logps and ref_vocab_logps [N, V] (the full
+  log-distributions at the N response positions of the batch) and position_sequence [N] (their sequence index).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from alignkit.errors import RecipeError
 
 Metrics = dict[str, torch.Tensor]
 LossFn = Callable[[dict[str, torch.Tensor], object], tuple[torch.Tensor, Metrics]]
-RecordKind = Literal["pairs", "sft"]
+RecordKind = Literal["pairs", "sft", "unpaired"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Objective:
     params_cls: type
     loss_fn: LossFn
     doc: str = ""
+    distributions: bool = False  # needs full-vocabulary log-probs of policy and reference (a live reference)
+    metric_names: tuple[str, ...] = ()  # metrics that may be absent from some batches (all workers reduce them)
 
     def make_params(self, values: dict):
         return self.params_cls(**values)
@@ -38,7 +43,8 @@ class Objective:
 _REGISTRY: dict[str, Objective] = {}
 
 
-def register(name: str, *, kind: RecordKind, params: type, reference: Literal["required", "none"] = "none"):
+def register(name: str, *, kind: RecordKind, params: type, reference: Literal["required", "none"] = "none",
+             distributions: bool = False, metric_names: tuple[str, ...] = ()):
     """Decorator: `@register("dpo", kind="pairs", params=DPOParams, reference="required")`."""
     if not dataclasses.is_dataclass(params):
         raise TypeError(f"params of objective {name} must be a dataclass")
@@ -46,7 +52,8 @@ def register(name: str, *, kind: RecordKind, params: type, reference: Literal["r
     def wrap(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} is registered twice")
-        _REGISTRY[name] = Objective(name, kind, reference, params, fn, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = Objective(name, kind, reference, params, fn, (fn.__doc__ or "").strip(), distributions,
+                                    metric_names)
         return fn
 
     return wrap
@@ -66,4 +73,4 @@ def list_objectives() -> list[Objective]:
 
 def _load_builtin_objectives() -> None:
     # Importing the modules runs their @register decorators.
-    from alignkit.objectives import dpo, sft  # noqa: F401
+    from alignkit.objectives import dpo, pmpo, sft  # noqa: F401

@@ -39,26 +39,43 @@ def provenance() -> dict:
 
 def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
     """Load, validate and tokenize train/eval data once, in the driver, so bad data fails before workers start."""
-    kind = get_objective(recipe.objective.name).kind
+    objective = get_objective(recipe.objective.name)
+    kind = objective.kind
     d = recipe.data
+    # PMPO's one-sided modes train on one side of the data only: drop the other side's records up front.
+    side = recipe.objective.params.get("mode", "both")
+    keep = {"accepted_only": (True,), "rejected_only": (False,)}.get(side, (True, False))
     tokenizer = load_tokenizer(recipe.model.path)
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
     train = load_records(d.train, d.train_split, kind, on_bad_row=d.on_bad_row, limit=d.train_size, seed=d.seed,
-                         hub_config=d.hub_config)
+                         hub_config=d.hub_config, keep_labels=keep if kind == "unpaired" else (True, False))
     encoded_train, cut_train = encode_rows(tokenizer, train.rows, kind, settings, train.origin)
     eval_rows, encoded_eval, cut_eval, eval_origin = [], [], 0, None
     if d.eval:
-        held_out = load_records(d.eval, d.eval_split, kind, on_bad_row=d.on_bad_row, limit=d.eval_size, seed=d.seed,
+        # Loss evaluation uses the first eval_size rows; generations (eval.num_prompts) may use more of the split.
+        limit = max(d.eval_size or 0, recipe.eval.num_prompts) if d.eval_size else None
+        held_out = load_records(d.eval, d.eval_split, kind, on_bad_row=d.on_bad_row, limit=limit, seed=d.seed,
                                 hub_config=d.hub_config)
         eval_rows, eval_origin = held_out.rows, held_out.origin
-        encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows, kind, settings, held_out.origin)
+        encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows[:d.eval_size], kind, settings, held_out.origin)
     stats = {"train_rows": len(encoded_train), "eval_rows": len(encoded_eval), "train_origin": train.origin,
              "eval_origin": eval_origin, "skipped_rows": train.skipped, "truncated_rows": cut_train + cut_eval}
     if cut_train + cut_eval:
         log.warning("%d row(s) truncated to data.max_length=%d / max_prompt_length=%d", cut_train + cut_eval,
                     d.max_length, d.max_prompt_length)
     encoded = {"kind": kind, "train": encoded_train, "eval": encoded_eval, "pad_id": tokenizer.pad_token_id}
-    return encoded, {"stats": stats, "eval_rows": eval_rows}
+    return encoded, {"stats": stats, "eval_rows": _unique_prompts(eval_rows)}
+
+
+def _unique_prompts(rows: list[dict]) -> list[dict]:
+    """One row per prompt (unpaired data repeats each prompt), for generation-based evaluation."""
+    seen, out = set(), []
+    for row in rows:
+        key = repr(row["prompt"])
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 def run(recipe: Recipe) -> Path:

@@ -130,3 +130,37 @@ def test_collate_pads_only_to_batch_max(tokenizer):
     lengths = [len(e["prompt_ids"]) + len(e[k]) for k in ("chosen_ids", "rejected_ids") for e in examples]
     assert batch["input_ids"].shape == (6, max(lengths))
     assert batch["attention_mask"].sum().item() == sum(lengths)
+
+
+# ---- unpaired records (PMPO) ---------------------------------------------------------------------------------
+def test_kto_format_and_labels(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey"}],
+             "label": True},
+            {"prompt": "Q", "response": "A", "label": "rejected"}, {"prompt": "Q", "completion": "B", "label": 1}]
+    loaded = load_records(str(write_jsonl(tmp_path / "kto.jsonl", rows)), "train", "unpaired")
+    assert [r["label"] for r in loaded.rows] == [True, False, True]
+    assert loaded.rows[1]["completion"] == "A"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "completion": "A", "label": "maybe"}])
+    with pytest.raises(DataError, match="row 0: field `label` must be"):
+        load_records(str(bad), "train", "unpaired")
+
+
+def test_pairs_become_unpaired_and_sides_can_be_dropped():
+    both = load_records("builtin:concise_arithmetic", "test", "unpaired")
+    assert len(both.rows) == 128
+    first, second = both.rows[0], both.rows[1]
+    assert first["prompt"] == second["prompt"] and first["label"] and not second["label"]
+    assert first["completion"][0]["content"].startswith("The answer is") and first["answer"] == second["answer"]
+    rejected = load_records("builtin:concise_arithmetic", "test", "unpaired", keep_labels=(False,))
+    assert len(rejected.rows) == 64 and not any(r["label"] for r in rejected.rows)
+    limited = load_records("builtin:concise_arithmetic", "test", "unpaired", limit=5)
+    assert len(limited.rows) == 5
+
+
+def test_unpaired_collate_carries_labels(tokenizer):
+    from alignkit.data.encode import collate_unpaired
+
+    rows = load_records("builtin:concise_arithmetic", "test", "unpaired").rows[:4]
+    examples, _ = encode_rows(tokenizer, rows, "unpaired", EncodeSettings())
+    batch = collate_unpaired(examples, tokenizer.pad_token_id)
+    assert batch["label"].tolist() == [1, 0, 1, 0] and batch["input_ids"].shape[0] == 4

@@ -98,3 +98,27 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path, tiny_data):
     recipe.optim.max_grad_norm = 0.0
     with pytest.raises(AlignkitError, match="non-finite loss .* at step"):
         train(recipe, tiny_data, tmp_path)
+
+
+def test_pmpo_live_reference_end_to_end(tmp_path, tokenizer):
+    """PMPO through the loop: unpaired data from pairs, live reference, exact KL starts at 0 and grows."""
+    from alignkit.data.encode import EncodeSettings, encode_rows
+    from alignkit.data.sources import load_records
+
+    s = EncodeSettings(max_length=96, max_prompt_length=64)
+    train_rows, _ = encode_rows(tokenizer, load_records("builtin:concise_arithmetic", "train", "unpaired",
+                                                        limit=32).rows, "unpaired", s)
+    eval_rows, _ = encode_rows(tokenizer, load_records("builtin:concise_arithmetic", "test", "unpaired",
+                                                       limit=8).rows, "unpaired", s)
+    data = TrainData("unpaired", train_rows, eval_rows, tokenizer.pad_token_id)
+    recipe = recipe_from_dict({
+        "run": {"output_dir": str(tmp_path)}, "model": {"path": "builtin:tiny-llama"},
+        "data": {"train": "builtin:concise_arithmetic"}, "objective": {"name": "pmpo", "beta": 0.5},
+        "optim": {"lr": 1e-3}, "trainer": {"backend": "torch", "max_steps": 3, "micro_batch_size": 4,
+                                           "progress_bar": False}})
+    summary = train(recipe, data, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at the start
+    assert summary["eval/kl"] > 0
+    margin = lambda r: r["eval/logps/accepted"] - r["eval/logps/rejected"]  # noqa: E731
+    assert margin(summary) > margin(records[0]) + 1.0

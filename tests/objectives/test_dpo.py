@@ -81,7 +81,7 @@ def test_registered_with_rpo():
     assert float(m["nll/chosen"]) == pytest.approx(2.0)
 
 
-# ---- parity with TRL: its DPOTrainer's own loss code on the same model and batch --------------------------------------
+# ---- parity with TRL: its DPOTrainer's own loss code on the same model and batch ----------------------------------
 @pytest.mark.parametrize("loss_type, eps", [("sigmoid", 0.0), ("robust", 0.1), ("ipo", 0.0), ("hinge", 0.0)])
 def test_parity_with_trl_dpo_trainer(tiny_model_dir, tokenizer, loss_type, eps):
     """Runs `trl.DPOTrainer._compute_loss` (TRL's fused-LM-head forward and loss branch) and alignkit's

@@ -1,0 +1,59 @@
+"""The command line as a user runs it: bad input gives one `error:` line and no traceback; --dry-run validates."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def launch(*args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_clean_error(proc, pattern):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and pattern in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("recipe", [
+    "recipes/quickstart.yaml", "recipes/dpo/builtin_ipo.yaml", "recipes/dpo/ultrafeedback.yaml",
+    "recipes/dpo/tiny_debug.yaml", "recipes/pmpo/both_builtin.yaml", "recipes/pmpo/rejected_only_builtin.yaml",
+    "recipes/pmpo/accepted_only_builtin.yaml", "recipes/pmpo/kto_mix_hub.yaml"])
+def test_shipped_recipes_validate(recipe):
+    proc = launch(recipe, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "objective:" in proc.stdout and "global batch" in proc.stdout
+
+
+def test_unknown_key_error():
+    assert_clean_error(launch("recipes/quickstart.yaml", "optim.lrr=1e-5"),
+                       "unknown key `optim.lrr` in command-line overrides; did you mean `optim.lr`?")
+
+
+def test_missing_data_file_error():
+    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", "data.train=/nonexistent/pairs.jsonl"),
+                       "data file /nonexistent/pairs.jsonl does not exist")
+
+
+def test_malformed_data_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", f"data.train={bad}", "data.eval=null",
+                              f"run.output_dir={tmp_path}/run"),
+                       f"{bad} row 1: missing field `rejected`")
+
+
+def test_missing_model_error(tmp_path):
+    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", f"model.path={tmp_path}/no-model"),
+                       "does not exist")
+
+
+def test_debug_flag_shows_traceback():
+    proc = launch("recipes/quickstart.yaml", "optim.lrr=1", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
