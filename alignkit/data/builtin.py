@@ -24,7 +24,8 @@ _RAMBLING = (
     "{a} {op} {b} = {r}\n\nThis is a classic example of a basic operation that is used every day in mathematics.",
     "Sure! Let me help you with that. When you {verb} {b} to {a}, you end up with {r}, which is the final result.",
 )
-_OPS = {"+": (lambda a, b: a + b, "add"), "-": (lambda a, b: a - b, "subtract"), "*": (lambda a, b: a * b, "multiply by")}
+_OPS = {"+": (lambda a, b: a + b, "add"), "-": (lambda a, b: a - b, "subtract"),
+        "*": (lambda a, b: a * b, "multiply by")}
 
 
 def _question(rng: random.Random) -> tuple[str, int]:
