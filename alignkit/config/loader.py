@@ -231,6 +231,20 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(t.zero_stage in (0, 1, 2, 3), "trainer.zero_stage", f"must be one of 0, 1, 2, 3; got {t.zero_stage}")
     need(t.eval_every >= 0, "trainer.eval_every", "must be >= 0 (0 = evaluate at start and end only)")
     need(t.log_every > 0, "trainer.log_every", "must be > 0")
+    need(t.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = no checkpoints)")
+    need(t.keep_checkpoints > 0, "trainer.keep_checkpoints", "must be > 0")
+    need(c.max_failures >= 0, "cluster.max_failures", "must be >= 0")
+    need(c.max_failures == 0 or t.checkpoint_every > 0, "cluster.max_failures",
+         "recovering from a failure needs checkpoints: set trainer.checkpoint_every")
+    need(not (t.offload_optimizer or t.offload_params) or (t.backend == "deepspeed" and t.zero_stage >= 1),
+         "trainer.offload_optimizer", "CPU offload needs backend deepspeed with zero_stage >= 1")
+    need(not t.offload_params or t.zero_stage == 3, "trainer.offload_params", "parameter offload needs zero_stage 3")
+    need(t.checkpoint_metric is None or t.checkpoint_metric.startswith(("eval/", "train/")),
+         "trainer.checkpoint_metric", "must name a logged metric such as eval/loss or train/loss")
+    need(t.checkpoint_metric is None or not t.checkpoint_metric.startswith("eval/") or bool(d.eval),
+         "trainer.checkpoint_metric", "an eval/ metric needs data.eval")
+    need(recipe.run.resume in (None, "auto") or Path(recipe.run.resume).exists(), "run.resume",
+         f"must be auto or an existing checkpoint directory, got {recipe.run.resume!r}")
     need(c.num_workers > 0, "cluster.num_workers", f"must be > 0, got {c.num_workers}")
     need(c.cpus_per_worker > 0, "cluster.cpus_per_worker", "must be > 0")
     need(t.backend == "deepspeed" or c.num_workers == 1, "trainer.backend",

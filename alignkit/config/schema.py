@@ -12,6 +12,10 @@ class RunConfig:
     name: str = "run"
     output_dir: str | None = None  # default: runs/<name>
     seed: int = 0
+    storage_path: str | None = None  # checkpoints (local dir, NFS, s3://...); default: <output_dir>/checkpoints
+    # null: a fresh run (earlier checkpoints are kept, not used); auto: continue from the latest checkpoint of this
+    # run name in storage_path; or a path to one checkpoint directory.
+    resume: str | None = None
 
 
 @dataclass
@@ -78,6 +82,13 @@ class TrainerConfig:
     eval_every: int = 0  # optimizer steps between held-out evaluations; 0 = at the start and end only
     log_every: int = 1
     progress_bar: bool = True
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (model, optimizer, scheduler, RNG, data position)
+    keep_checkpoints: int = 2  # retention: keep the last K (or the best K by checkpoint_metric)
+    checkpoint_metric: str | None = None  # e.g. eval/loss: keep the best instead of the last
+    checkpoint_mode: Literal["min", "max"] = "min"
+    on_nonfinite: Literal["abort", "skip"] = "abort"  # a NaN/inf loss: stop (after a checkpoint) or skip the batch
+    offload_optimizer: bool = False  # DeepSpeed ZeRO optimizer-state offload to CPU (stage >= 1)
+    offload_params: bool = False  # DeepSpeed ZeRO-3 parameter offload to CPU
 
 
 @dataclass
@@ -85,6 +96,8 @@ class ClusterConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu
+    max_failures: int = 0  # worker-group restarts from the latest checkpoint before the run fails
 
 
 @dataclass
@@ -113,6 +126,10 @@ class Recipe:
     @property
     def output_dir(self) -> str:
         return self.run.output_dir or f"runs/{self.run.name}"
+
+    @property
+    def storage_path(self) -> str:
+        return self.run.storage_path or f"{self.output_dir}/checkpoints"
 
     @property
     def global_batch_size(self) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,12 +43,43 @@ def _worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
+def _fault_injector():
+    """ALIGNKIT_FAULT_KILL=<rank>:<step>:<marker file>: that worker SIGKILLs itself after that step, once (the
+    marker file records that it happened). Real process death, for testing recovery; never set in normal runs."""
+    spec = os.environ.get("ALIGNKIT_FAULT_KILL")
+    if not spec:
+        return None
+    rank_s, step_s, marker = spec.split(":", 2)
+
+    def maybe_kill(step: int, rank: int) -> None:
+        if rank == int(rank_s) and step == int(step_s) and not os.path.exists(marker):
+            Path(marker).write_text(f"killed worker {rank} (pid {os.getpid()}) after step {step}\n")
+            log.warning("fault injection: killing this worker (rank %d, pid %d) after step %d", rank, os.getpid(),
+                        step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return maybe_kill
+
+
+def _report_checkpoint(step: int, metrics: dict, write) -> None:
+    """Every worker writes its part of the state into a local directory and reports it; Ray Train merges the parts
+    into storage_path/<run>/step_NNNNNN and registers the checkpoint only when all are uploaded."""
+    import ray.train
+
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    with tempfile.TemporaryDirectory(prefix="alignkit-ckpt-") as tmp:
+        write(Path(tmp))
+        ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"step_{step:06d}")
+
+
 def _worker_main(config: dict) -> None:
-    """Entry point of every Ray Train worker."""
+    """Entry point of every Ray Train worker (also after a restart: then get_checkpoint() is the latest one)."""
     import ray
+    import ray.train
     import torch
 
-    from alignkit.engine.loop import TrainData, train
+    from alignkit.engine.loop import RunHooks, TrainData, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     recipe = recipe_from_dict(config["recipe"], source=config["source"])
@@ -58,34 +91,63 @@ def _worker_main(config: dict) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if recipe.cluster.use_gpu else "gloo")
     encoded = ray.get(config["data_ref"])
     data = TrainData(kind=encoded["kind"], train=encoded["train"], eval=encoded["eval"], pad_id=encoded["pad_id"])
-    summary = train(recipe, data, config["output_dir"])
-    from ray import train as ray_train
+    hooks = RunHooks(save_checkpoint=_report_checkpoint, on_step_end=_fault_injector())
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        summary = train(recipe, data, config["output_dir"], hooks=hooks)
+    else:
+        with checkpoint.as_directory() as directory:
+            hooks.resume_dir = Path(directory)
+            summary = train(recipe, data, config["output_dir"], hooks=hooks)
+    ray.train.report(summary)
 
-    ray_train.report(summary)
+
+def _experiment_name(recipe: Recipe, storage: Path) -> str:
+    """resume: auto continues the newest earlier attempt of this run name (Ray Train restores its checkpoints from
+    the snapshot in that folder); otherwise a new, timestamped folder so old checkpoints are kept but not used."""
+    if recipe.run.resume == "auto" and storage.exists():
+        earlier = sorted((p for p in storage.glob(f"{recipe.run.name}-*") if any(p.glob("step_*"))),
+                         key=lambda p: p.stat().st_mtime)
+        if earlier:
+            log.info("run.resume: auto: continuing %s", earlier[-1])
+            return earlier[-1].name
+        log.info("run.resume: auto: no earlier checkpoint of %s in %s; starting fresh", recipe.run.name, storage)
+    return f"{recipe.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_training(recipe: Recipe, encoded: dict, output_dir: Path) -> None:
     """Fit a TorchTrainer with `cluster.num_workers` workers; raises AlignkitError with the worker's message."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ensure_ray()
-    c = recipe.cluster
+    c, t = recipe.cluster, recipe.trainer
+    storage = Path(recipe.storage_path).resolve() if "://" not in recipe.storage_path else recipe.storage_path
+    resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
+    resume_from = None
+    if recipe.run.resume not in (None, "auto"):
+        resume_from = Checkpoint.from_directory(str(Path(recipe.run.resume).resolve()))
     trainer = TorchTrainer(
         _worker_main,
         train_loop_config={"recipe": recipe_to_dict(recipe), "source": recipe.source,
                            "data_ref": ray.put(encoded), "output_dir": str(output_dir)},
-        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
-                                     resources_per_worker={"CPU": c.cpus_per_worker}),
-        run_config=RunConfig(name=f"{recipe.run.name}-{int(time.time())}",
-                             storage_path=str((output_dir / "ray").resolve()),
-                             failure_config=FailureConfig(max_failures=0)),
+        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=_experiment_name(recipe, Path(storage)) if isinstance(storage, Path) else recipe.run.name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=c.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.checkpoint_metric,
+                checkpoint_score_order=t.checkpoint_mode)),
+        resume_from_checkpoint=resume_from,
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception as exc:  # ray.train.TrainingFailedError and friends
         raise AlignkitError(_explain_failure(exc)) from exc
+    if result.checkpoint is not None:
+        log.info("latest checkpoint: %s", result.checkpoint.path)
 
 
 def _explain_failure(exc: Exception) -> str:

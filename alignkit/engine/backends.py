@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from pathlib import Path
 
 import torch
 
@@ -69,6 +70,23 @@ class TorchBackend:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    def skip_micro_batch(self) -> None:
+        """A micro-batch whose loss was not finite: no gradient from it, but the accumulation count moves on."""
+        self.step()
+
+    def save(self, directory: Path) -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
+        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "micro": self._micro}, directory / "torch_state.pt")
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / "torch_state.pt", weights_only=False)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self._micro = state["micro"]
+
     def state_dict_for_export(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
 
@@ -83,7 +101,9 @@ class DeepSpeedBackend:
             "gradient_accumulation_steps": t.grad_accum,
             "train_batch_size": recipe.global_batch_size,
             "gradient_clipping": recipe.optim.max_grad_norm,
-            "zero_optimization": {"stage": t.zero_stage},
+            "zero_optimization": {"stage": t.zero_stage,
+                                  **({"offload_optimizer": {"device": "cpu"}} if t.offload_optimizer else {}),
+                                  **({"offload_param": {"device": "cpu"}} if t.offload_params else {})},
             "bf16": {"enabled": t.precision == "bf16"},
             "steps_per_print": 10**9,  # alignkit logs itself
             "wall_clock_breakdown": False,
@@ -112,6 +132,22 @@ class DeepSpeedBackend:
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+    def skip_micro_batch(self) -> None:
+        """A micro-batch whose loss was not finite on some worker: every worker skips its backward; the engine's
+        step still runs so the accumulation boundary stays where the recipe puts it."""
+        self.step()
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag="engine")  # collective: every rank writes its shards
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory), tag="engine", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            from alignkit.errors import AlignkitError
+
+            raise AlignkitError(f"no DeepSpeed checkpoint under {directory}/engine")
 
     def state_dict_for_export(self) -> dict[str, torch.Tensor] | None:
         """Full fp32 weights on every rank's return (ZeRO-3 shards are gathered first); call on all ranks."""

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,34 +123,49 @@ def objective_inputs(objective, module, batch: dict, ctx, reference) -> dict[str
 class PrecomputedReference:
     """Reference sequence log-probs computed once before training (no second model in memory while training)."""
 
-    def __init__(self, table: torch.Tensor):
+    def __init__(self, table: torch.Tensor, known: torch.Tensor | None = None):
         self.table = table  # [N examples, sequences per example]
+        self.known = known if known is not None else torch.ones(len(table), dtype=torch.bool)
 
     def logps(self, batch: dict) -> torch.Tensor:
         """[S] for the batch's S sequences, ordered as collated: all first sequences, then all second ones."""
+        if not bool(self.known[batch["index"]].all()):
+            raise AssertionError("reference log-probs missing for a batch example")
         return self.table[batch["index"]].T.reshape(-1)
 
     def vocab_logps(self, batch: dict) -> torch.Tensor:
         raise AssertionError("precomputed references hold no distributions; check_recipe prevents this")
 
+    def state(self) -> dict:
+        return {"table": self.table, "known": self.known}
+
     @classmethod
     def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx, per_example: int,
-                needed: list[int] | None = None) -> PrecomputedReference:
-        """`needed`: the example indices the run will visit (default all); only those are computed."""
+                needed: list[int] | None = None, into: PrecomputedReference | None = None
+                ) -> PrecomputedReference:
+        """Fill in the examples in `needed` (default all) that `into` does not know yet, with `module` (the
+        reference: the starting policy); a resumed run only computes what its checkpoint lacks."""
         rank, world = _rank_world()
-        needed = sorted(set(needed)) if needed is not None else list(range(len(examples)))
+        base = into or cls(torch.zeros(len(examples), per_example), torch.zeros(len(examples), dtype=torch.bool))
+        needed = sorted(set(needed) if needed is not None else range(len(examples)))
+        missing = [i for i in needed if not base.known[i]]
+        if not missing:
+            return base
         table = torch.zeros(len(examples), per_example, dtype=torch.float64)
         was_training = module.training
         module.eval()
         with torch.no_grad():
-            for positions in sharded_eval_batches(len(needed), batch_size, rank, world):
-                ids = [needed[p] for p in positions]
-                batch = collate([examples[i] for i in (ids or [needed[0]])])
+            for positions in sharded_eval_batches(len(missing), batch_size, rank, world):
+                ids = [missing[p] for p in positions]
+                batch = collate([examples[i] for i in (ids or [missing[0]])])
                 seq = _forward(module, batch, ctx)["seq_logps"]
                 if ids:
                     table[ids] = seq.double().reshape(per_example, len(ids)).T
         module.train(was_training)
-        return cls(_all_reduce_sum(table).float())
+        table = _all_reduce_sum(table).float()
+        known = base.known.clone()
+        known[missing] = True
+        return cls(torch.where(known[:, None] & ~base.known[:, None], table, base.table), known)
 
 
 class LiveReference:
@@ -241,8 +257,62 @@ def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, ba
     return {f"eval/{k}": v for k, v in sums.mean_across_workers(metric_keys).items()}
 
 
-def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -> dict:
+@dataclass
+class RunHooks:
+    """How a runner (Ray Train, or a test) plugs into the loop without the loop knowing about it."""
+    resume_dir: Path | None = None  # a checkpoint directory written by save_state, to continue from
+    # (step, metrics, write): called on every rank at checkpoint steps; `write(directory)` saves this rank's state.
+    save_checkpoint: Callable[[int, dict, Callable[[Path], None]], None] | None = None
+    on_step_end: Callable[[int, int], None] | None = None  # (step, rank), e.g. fault injection in tests
+
+
+def save_state(backend, directory: Path, step: int, tokens_seen: int, rank: int, references: dict) -> None:
+    """Everything an exact resume needs: model, optimizer and scheduler (via the backend), this rank's RNG states,
+    and on rank 0 the step (the data position is derived from it) and precomputed reference log-probs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    backend.save(directory)
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+               directory / f"rng_rank{rank}.pt")
+    if rank == 0:
+        torch.save({k: v.state() for k, v in references.items() if isinstance(v, PrecomputedReference)},
+                   directory / "reference_logps.pt")
+        (directory / "trainer_state.json").write_text(json.dumps({"step": step, "tokens_seen": tokens_seen}))
+
+
+def saved_references(directory: Path) -> dict[str, PrecomputedReference]:
+    path = directory / "reference_logps.pt"
+    saved = torch.load(path) if path.exists() else {}
+    return {k: PrecomputedReference(v["table"], v["known"]) for k, v in saved.items()}
+
+
+def load_state(backend, directory: Path, rank: int) -> tuple[int, int]:
+    state = json.loads((directory / "trainer_state.json").read_text())
+    backend.load(directory)
+    rng_file = directory / f"rng_rank{rank}.pt"
+    if rng_file.exists():  # absent when resuming on more workers than wrote the checkpoint
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+    return state["step"], state["tokens_seen"]
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, keep the metric lines up to the checkpoint's step, so the curve continues without duplicates."""
+    if path.exists():
+        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= last_step]
+        path.write_text("".join(x + "\n" for x in lines))
+
+
+def _all_finite(loss: torch.Tensor) -> bool:
+    """Agreed across workers, so every worker skips or aborts together (no collective left waiting)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], dtype=torch.float64)
+    return float(_all_reduce_sum(bad)[0]) == 0.0
+
+
+def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, hooks: RunHooks | None = None) -> dict:
     """Train per the recipe; returns the last train and eval metrics. Call on every worker."""
+    hooks = hooks or RunHooks()
     rank, world = _rank_world()
     t, output_dir = recipe.trainer, Path(output_dir)
     objective = get_objective(recipe.objective.name)
@@ -260,55 +330,82 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None)
+    batch_size = t.micro_batch_size * 2
 
     mode = recipe.reference.mode
     if mode == "auto":
         mode = ("live" if objective.distributions else "precompute") if objective.reference == "required" else "none"
-    reference = reference_eval = None
+    references: dict = {"train": None, "eval": None}
     start = time.perf_counter()
     if mode == "precompute":
+        # The reference is the starting policy (or reference.path), so this runs before any update and before a
+        # checkpoint is loaded; a resumed run computes only what its checkpoint's tables lack (e.g. more steps).
+        saved = saved_references(Path(hooks.resume_dir)) if hooks.resume_dir is not None else {}
+        ref_module = backend.module
+        if recipe.reference.path:
+            ref_module = load_causal_lm(recipe.reference.path, recipe.model.dtype, recipe.model.trust_remote_code)
         global_batch = t.micro_batch_size * t.grad_accum * world
         visited = stream_indices(len(data.train), recipe.run.seed, 0, t.max_steps * global_batch)
         per_example = SEQUENCES_PER_EXAMPLE[data.kind]
-        batch_size = t.micro_batch_size * 2
-        reference = PrecomputedReference.compute(backend.module, data.train, collate, batch_size, ctx, per_example,
-                                                 needed=visited)
+        references["train"] = PrecomputedReference.compute(ref_module, data.train, collate, batch_size, ctx,
+                                                            per_example, needed=visited, into=saved.get("train"))
         if data.eval:
-            reference_eval = PrecomputedReference.compute(backend.module, data.eval, collate, batch_size, ctx,
-                                                          per_example)
-        log.info("reference log-probs precomputed for the %d train examples this run visits and %d eval examples "
+            references["eval"] = PrecomputedReference.compute(ref_module, data.eval, collate, batch_size, ctx,
+                                                               per_example, into=saved.get("eval"))
+        log.info("reference log-probs ready for the %d train examples this run visits and %d eval examples "
                  "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
     elif mode == "live":
         ref_model = load_causal_lm(recipe.reference.path or recipe.model.path, recipe.model.dtype,
                                    recipe.model.trust_remote_code)
-        reference = reference_eval = LiveReference(ref_model, ctx, vocab=objective.distributions)
+        references["train"] = references["eval"] = LiveReference(ref_model, ctx, vocab=objective.distributions)
+
+    start_step, tokens_seen = 0, 0
+    if hooks.resume_dir is not None:
+        start_step, tokens_seen = load_state(backend, Path(hooks.resume_dir), rank)
+        if rank == 0:
+            _truncate_metrics(output_dir / "metrics.jsonl", start_step)
+        log.info("resumed from %s at step %d", hooks.resume_dir, start_step)
+    reference, reference_eval = references["train"], references["eval"]
 
     metric_keys = ["loss", *objective.metric_names]
     last_eval: dict[str, float] = {}
-    if data.eval:
-        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2,
-                                 metric_keys)
+    if data.eval and start_step == 0:
+        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys)
         writer.write({"step": 0, **last_eval})
+
+    def checkpoint(step: int, metrics: dict) -> None:
+        if hooks.save_checkpoint is not None:
+            hooks.save_checkpoint(step, metrics, lambda d: save_state(backend, Path(d), step, tokens_seen, rank,
+                                                                      references))
 
     progress = None
     if rank == 0 and t.progress_bar:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=t.max_steps, desc=f"train {recipe.run.name}", unit="step", dynamic_ncols=True)
-    tokens_seen = 0
+        progress = tqdm(total=t.max_steps, initial=start_step, desc=f"train {recipe.run.name}", unit="step",
+                        dynamic_ncols=True)
     last_train: dict[str, float] = {}
+    skipped = 0
     window_start = time.perf_counter()
     window_tokens = 0
-    for step in range(t.max_steps):
+    for step in range(start_step, t.max_steps):
         sums = MetricSums()
         for ids in worker_micro_batches(len(data.train), recipe.run.seed, step, t.micro_batch_size, t.grad_accum,
                                         rank, world):
             batch = collate([data.train[i] for i in ids])
             inputs = objective_inputs(objective, backend.module, batch, ctx, reference)
             loss, metrics = objective.loss_fn(inputs, params)
-            if not torch.isfinite(loss):
-                raise AlignkitError(f"non-finite loss {float(loss)} at step {step + 1} on examples {ids} "
-                                    f"(worker {rank}); lower optim.lr or check the data")
+            if not _all_finite(loss):
+                where = f"non-finite loss at step {step + 1} (this worker's examples: {ids}, worker {rank})"
+                if t.on_nonfinite == "abort":
+                    if step > start_step:  # the state before this step, unless it is already in a checkpoint
+                        checkpoint(step, {"step": step, **last_train, **last_eval})
+                    raise AlignkitError(f"{where}; stopped (trainer.on_nonfinite: abort). Lower optim.lr or check "
+                                        "the data; trainer.on_nonfinite: skip skips such batches")
+                skipped += 1
+                log.warning("%s; skipped (trainer.on_nonfinite: skip)", where)
+                backend.skip_micro_batch()
+                continue
             backend.backward(loss)
             backend.step()
             sums.add({"loss": loss, **metrics})
@@ -321,17 +418,22 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None) -
         record = {"step": step + 1, **last_train, "train/lr": backend.lr(), "train/grad_norm": backend.last_grad_norm,
                   "train/tokens_per_s": tokens / max(elapsed, 1e-9), "train/tokens": tokens_seen,
                   "time/step_s": elapsed}
+        if skipped:
+            record["train/skipped_batches"] = skipped
         is_last = step + 1 == t.max_steps
         if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
-            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, t.micro_batch_size * 2,
-                                 metric_keys)
+            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys)
             record.update(last_eval)
-        if (step + 1) % t.log_every == 0 or is_last or len(record) > 8 + len(last_train):
+        if (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):
             writer.write(record)
+        if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
+            checkpoint(step + 1, {**record, **last_eval})
+        if hooks.on_step_end is not None:
+            hooks.on_step_end(step + 1, rank)
         window_start, window_tokens = time.perf_counter(), 0  # after eval/logging: step time is training only
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+            progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", refresh=False)
     if progress is not None:
         progress.close()
     export_model(backend, model, recipe, output_dir / "final", rank)

@@ -84,7 +84,8 @@ def run(recipe: Recipe) -> Path:
     started = time.perf_counter()
     out = Path(recipe.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "report.md", "behaviour.json"):
+    # A resumed run keeps its metrics (the workers cut them back to the checkpoint's step); a fresh run starts clean.
+    for stale in ("report.md", "behaviour.json") + (() if recipe.run.resume else ("metrics.jsonl",)):
         (out / stale).unlink(missing_ok=True)
     (out / "recipe.yaml").write_text(
         dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
