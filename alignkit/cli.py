@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="path to a recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. optim.lr=1e-5 trainer.max_steps=20")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
+    parser.add_argument("--sweep", action="store_true", help="run the recipe's `sweep:` section with Ray Tune")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
 
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(dump_recipe(recipe))
             print(f"# global batch = {recipe.trainer.micro_batch_size} x {recipe.trainer.grad_accum} x "
                   f"{recipe.cluster.num_workers} = {recipe.global_batch_size}; output: {recipe.output_dir}")
+            return 0
+        if args.sweep:
+            from alignkit.distributed.tune import run_sweep
+
+            out = run_sweep(recipe)
+            print(f"done: {out}/results.md (best recipe: {out}/best_recipe.yaml)")
             return 0
         from alignkit.pipelines.preference import run
 

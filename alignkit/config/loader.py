@@ -258,6 +258,7 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(recipe.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(recipe.optim.warmup_steps < t.max_steps or recipe.optim.warmup_steps == 0, "optim.warmup_steps",
          f"must be smaller than trainer.max_steps ({t.max_steps})")
+    check_sweep(recipe, where)
     objective = get_objective(recipe.objective.name)
     need(not (objective.reference == "required" and recipe.reference.mode == "none"), "reference.mode",
          f"objective `{objective.name}` needs a reference model; use precompute, live or auto")
@@ -266,6 +267,47 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
          "cannot hold (vocabulary x response tokens per example); use live or auto")
     need(recipe.eval.num_prompts > 0 and recipe.eval.batch_size > 0 and recipe.eval.max_new_tokens > 0,
          "eval", "num_prompts, batch_size and max_new_tokens must be > 0")
+
+
+SEARCH_KINDS = {"grid": "a list of values", "choice": "a list of values", "uniform": "[low, high]",
+                "loguniform": "[low, high] with 0 < low < high"}
+
+
+def check_sweep(recipe: Recipe, where) -> None:
+    """Each swept key must be a recipe key, each search spec one of SEARCH_KINDS with a valid argument."""
+    sw = recipe.sweep
+    for key, spec in sw.space.items():
+        origin = where(f"sweep.space.{key}")
+        if key.startswith(("sweep.", "run.")):
+            raise RecipeError(f"`sweep.space.{key}` in {origin}: run and sweep keys cannot be swept")
+        sections = {n: c for n, c in typing.get_type_hints(Recipe).items()
+                    if dataclasses.is_dataclass(c) and n not in ("run", "sweep")}
+        section, _, name = key.partition(".")
+        known = section in sections and bool(name) and (
+            section == "objective" or name in {f.name for f in dataclasses.fields(sections[section])})
+        if not known:  # objective parameters are checked when the trial recipes are built
+            allowed = [f"{n}.{f.name}" for n, c in sections.items() if n != "objective" for f in dataclasses.fields(c)]
+            raise RecipeError(_unknown_key_message(key, origin, allowed).replace("unknown key", "unknown swept key"))
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SEARCH_KINDS:
+            raise RecipeError(f"`sweep.space.{key}` in {origin} must be one of "
+                              + ", ".join(f"{{{k}: {v}}}" for k, v in SEARCH_KINDS.items()) + f"; got {spec!r}")
+        kind, arg = next(iter(spec.items()))
+        if not isinstance(arg, list) or not arg:
+            raise RecipeError(f"`sweep.space.{key}.{kind}` in {origin} must be {SEARCH_KINDS[kind]}, got {arg!r}")
+        if kind in ("uniform", "loguniform"):
+            try:
+                low, high = (float(x) for x in arg)
+            except (TypeError, ValueError):
+                raise RecipeError(f"`sweep.space.{key}.{kind}` in {origin} must be {SEARCH_KINDS[kind]}, "
+                                  f"got {arg!r}") from None
+            if not low < high or (kind == "loguniform" and low <= 0):
+                raise RecipeError(f"`sweep.space.{key}.{kind}` in {origin} must be {SEARCH_KINDS[kind]}, "
+                                  f"got {arg!r}")
+    if sw.space and not sw.metric.startswith(("eval/", "gen/", "train/")):
+        raise RecipeError(f"`sweep.metric` in {where('sweep.metric')} must be an eval/, gen/ or train/ metric")
+    if sw.num_samples < 1 or sw.max_concurrent_trials < 1 or sw.trial_cpus <= 0:
+        raise RecipeError(f"`sweep` in {where('sweep')}: num_samples and max_concurrent_trials must be >= 1 and "
+                          "trial_cpus > 0")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -110,6 +110,22 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    """`python launch.py RECIPE --sweep`: a Ray Tune search over recipe keys; each trial is a normal run."""
+    # {"optim.lr": {"loguniform": [1e-6, 1e-4]}, "objective.beta": {"choice": [0.05, 0.1]},
+    #  "trainer.max_steps": {"grid": [10, 20]}, "optim.warmup_steps": {"uniform": [0, 5]}}
+    space: dict[str, Any] = field(default_factory=dict)
+    metric: str = "eval/loss"  # any eval/ metric, or gen/<name> from the held-out generations
+    mode: Literal["min", "max"] = "min"
+    scheduler: Literal["none", "asha"] = "none"  # asha stops weak trials at eval steps (trainer.eval_every)
+    grace_period: int = 1  # evaluations before ASHA may stop a trial
+    num_samples: int = 1  # samples per grid point (random draws for choice/uniform/loguniform)
+    max_concurrent_trials: int = 1
+    trial_cpus: float = 0.1  # the trial's own process; its Ray Train workers take cluster.cpus_per_worker each
+    seed: int = 0
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -120,6 +136,7 @@ class Recipe:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     # Where the recipe came from, for error messages and the run record; not a YAML key.
     source: str = field(default="<dict>", metadata={"internal": True})
 

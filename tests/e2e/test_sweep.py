@@ -1,0 +1,36 @@
+"""A real 2-trial Ray Tune sweep (trials start their own 2-worker TorchTrainer with fractional CPUs)."""
+import csv
+
+from tests.e2e.test_cli import launch
+
+
+def test_two_trial_sweep(tmp_path):
+    out = tmp_path / "tiny_sweep"
+    proc = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "--sweep", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep_dir = tmp_path / "tiny_sweep-sweep"
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert len(rows) == 2 and all(r["finished"] == "True" for r in rows)
+    losses = [float(r["eval/loss"]) for r in rows]
+    assert losses == sorted(losses)  # sorted by the metric (mode min)
+    assert {float(r["optim.lr"]) for r in rows} == {1e-3, 1e-4}
+    for r in rows:  # each trial is a normal run directory
+        assert (sweep_dir / r["trial"] / "metrics.jsonl").exists() and (sweep_dir / r["trial"] / "final").exists()
+    assert (sweep_dir / "results.md").exists() and (sweep_dir / "sweep.png").exists()
+    best = sweep_dir / "best_recipe.yaml"
+    assert f"lr: {float(rows[0]['optim.lr'])}" in best.read_text()
+    dry = launch(str(best), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+
+
+def test_sweep_validation_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: " + str(__import__("tests.conftest").conftest.REPO / "recipes/sweeps/tiny_lr_beta.yaml")
+                   + "\nsweep: {space: {optim.lrr: {grid: [1, 2]}}}\n")
+    proc = launch(str(bad), "--sweep")
+    assert proc.returncode == 2 and "unknown swept key `optim.lrr`" in proc.stderr and "optim.lr" in proc.stderr
+    bad.write_text(bad.read_text().replace("optim.lrr: {grid: [1, 2]}", "objective.beta: {grid: [-1.0]}"))
+    proc = launch(str(bad), "--sweep")
+    assert proc.returncode == 2 and "sweep value objective.beta=-1.0" in proc.stderr
+    proc = launch("recipes/dpo/tiny_debug.yaml", "--sweep")
+    assert proc.returncode == 2 and "needs a `sweep.space`" in proc.stderr
