@@ -21,6 +21,9 @@ RUNS = {
     "pmpo rejected only, beta 0.5": ("recipes/pmpo/rejected_only_builtin.yaml", []),
     "pmpo accepted only": ("recipes/pmpo/accepted_only_builtin.yaml", []),
     "pmpo rejected only, beta 0": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=0.0"]),
+    "pmpo rejected only, beta 2": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=2.0"]),
+    "pmpo rejected only, beta 5, lr 1e-5": ("recipes/pmpo/rejected_only_builtin.yaml",
+                                            ["objective.beta=5.0", "optim.lr=1e-5"]),
 }
 
 
@@ -49,7 +52,8 @@ def table(root: Path) -> str:
         if "eval/logps/chosen" in ev:
             acc_rej = f"{ev['eval/logps/chosen']:.1f} / {ev['eval/logps/rejected']:.1f}"
         else:
-            acc_rej = f"{ev.get('eval/logps/accepted', float('nan')):.1f} / {ev.get('eval/logps/rejected', float('nan')):.1f}"
+            nan = float("nan")
+            acc_rej = f"{ev.get('eval/logps/accepted', nan):.1f} / {ev.get('eval/logps/rejected', nan):.1f}"
         wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
         lines.append(f"| {name} | {s['gen/format']:.2f} → {f['gen/format']:.2f} | {s['gen/correct']:.2f} → "
                      f"{f['gen/correct']:.2f} | {s['gen/words']:.1f} → {f['gen/words']:.1f} | "

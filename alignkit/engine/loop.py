@@ -304,6 +304,16 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         path.write_text("".join(x + "\n" for x in lines))
 
 
+def _peak_rss_mb_max() -> float:
+    """The largest peak resident memory of any worker process so far, in MB (Linux reports ru_maxrss in KB)."""
+    import resource
+
+    t = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
+    if _rank_world()[1] > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t[0])
+
+
 def _all_finite(loss: torch.Tensor) -> bool:
     """Agreed across workers, so every worker skips or aborts together (no collective left waiting)."""
     bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], dtype=torch.float64)
@@ -417,7 +427,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         last_train = {f"train/{k}": v for k, v in means.items()}
         record = {"step": step + 1, **last_train, "train/lr": backend.lr(), "train/grad_norm": backend.last_grad_norm,
                   "train/tokens_per_s": tokens / max(elapsed, 1e-9), "train/tokens": tokens_seen,
-                  "time/step_s": elapsed}
+                  "time/step_s": elapsed, "sys/peak_rss_mb": _peak_rss_mb_max()}
         if skipped:
             record["train/skipped_batches"] = skipped
         is_last = step + 1 == t.max_steps

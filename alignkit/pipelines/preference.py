@@ -52,9 +52,9 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
     encoded_train, cut_train = encode_rows(tokenizer, train.rows, kind, settings, train.origin)
     eval_rows, encoded_eval, cut_eval, eval_origin = [], [], 0, None
     if d.eval:
-        # Loss evaluation uses the first eval_size rows; generations (eval.num_prompts) may use more of the split.
-        limit = max(d.eval_size or 0, recipe.eval.num_prompts) if d.eval_size else None
-        held_out = load_records(d.eval, d.eval_split, kind, on_bad_row=d.on_bad_row, limit=limit, seed=d.seed,
+        # Loss evaluation uses the first eval_size records; generations use the first eval.num_prompts distinct
+        # prompts of the split, which may be more.
+        held_out = load_records(d.eval, d.eval_split, kind, on_bad_row=d.on_bad_row, seed=d.seed,
                                 hub_config=d.hub_config)
         eval_rows, eval_origin = held_out.rows, held_out.origin
         encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows[:d.eval_size], kind, settings, held_out.origin)

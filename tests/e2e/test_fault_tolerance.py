@@ -49,6 +49,7 @@ def test_without_retries_the_failure_is_reported(tmp_path, monkeypatch):
     assert "Traceback" not in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_resume_auto_continues_with_same_losses(tmp_path, uninterrupted):
     out = tmp_path / "run"
     first = launch("recipes/dpo/tiny_debug.yaml", *COMMON, "trainer.max_steps=4", f"run.output_dir={out}",
