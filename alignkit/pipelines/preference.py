@@ -58,6 +58,13 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
                                 hub_config=d.hub_config)
         eval_rows, eval_origin = held_out.rows, held_out.origin
         encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows[:d.eval_size], kind, settings, held_out.origin)
+    if recipe.global_batch_size > len(encoded_train):
+        from alignkit.errors import RecipeError
+
+        raise RecipeError(f"global batch {recipe.global_batch_size} (trainer.micro_batch_size "
+                          f"{recipe.trainer.micro_batch_size} x trainer.grad_accum {recipe.trainer.grad_accum} x "
+                          f"cluster.num_workers {recipe.cluster.num_workers}) is larger than the "
+                          f"{len(encoded_train)} training records of {train.origin}")
     stats = {"train_rows": len(encoded_train), "eval_rows": len(encoded_eval), "train_origin": train.origin,
              "eval_origin": eval_origin, "skipped_rows": train.skipped, "truncated_rows": cut_train + cut_eval}
     if cut_train + cut_eval:

@@ -58,3 +58,14 @@ def test_missing_model_error(tmp_path):
 def test_debug_flag_shows_traceback():
     proc = launch("recipes/quickstart.yaml", "optim.lrr=1", "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_global_batch_larger_than_data_error():
+    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", "trainer.micro_batch_size=16", "trainer.grad_accum=4"),
+                       "global batch 128 (trainer.micro_batch_size 16 x trainer.grad_accum 4 x cluster.num_workers 2)"
+                       " is larger than the 64 training records")
+
+
+def test_dry_run_prints_global_batch():
+    proc = launch("recipes/quickstart.yaml", "trainer.grad_accum=3", "--dry-run")
+    assert "# global batch = 4 x 3 x 2 = 24" in proc.stdout
