@@ -68,6 +68,11 @@ def write_report(out_dir: Path, summary: dict, behaviour: dict | None, sample_pr
         first, last = evals[0], evals[-1]
         for key in sorted(k for k in last if k.startswith("eval/")):
             table.append((f"held-out {key.removeprefix('eval/')}", first.get(key), last.get(key)))
+        for a, b in (("accepted", "rejected"), ("chosen", "rejected")):
+            ka, kb = f"eval/logps/{a}", f"eval/logps/{b}"
+            if ka in last and kb in last:
+                before = first[ka] - first[kb] if ka in first and kb in first else None
+                table.append((f"held-out log-prob margin ({a} − {b})", before, last[ka] - last[kb]))
     if behaviour:
         start, final = behaviour.get("start") or {}, behaviour["final"]
         for key in sorted(final["metrics"]):
