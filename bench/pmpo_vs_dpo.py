@@ -20,6 +20,7 @@ RUNS = {
     "pmpo both (unpaired)": ("recipes/pmpo/both_builtin.yaml", []),
     "pmpo rejected only, beta 0.5": ("recipes/pmpo/rejected_only_builtin.yaml", []),
     "pmpo accepted only": ("recipes/pmpo/accepted_only_builtin.yaml", []),
+    "pmpo both, beta 2, lr 1e-5": ("recipes/pmpo/both_builtin.yaml", ["objective.beta=2.0", "optim.lr=1e-5"]),
     "pmpo rejected only, beta 0": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=0.0"]),
     "pmpo rejected only, beta 2": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=2.0"]),
     "pmpo rejected only, beta 5, lr 1e-5": ("recipes/pmpo/rejected_only_builtin.yaml",
