@@ -105,6 +105,8 @@ class DeepSpeedBackend:
                                   **({"offload_optimizer": {"device": "cpu"}} if t.offload_optimizer else {}),
                                   **({"offload_param": {"device": "cpu"}} if t.offload_params else {})},
             "bf16": {"enabled": t.precision == "bf16"},
+            # Offload keeps alignkit's torch AdamW (DeepSpeed would otherwise insist on its JIT-built CPU Adam).
+            "zero_force_ds_cpu_optimizer": False,
             "steps_per_print": 10**9,  # alignkit logs itself
             "wall_clock_breakdown": False,
         }

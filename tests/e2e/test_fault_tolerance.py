@@ -55,7 +55,9 @@ def test_resume_auto_continues_with_same_losses(tmp_path, uninterrupted):
     first = launch("recipes/dpo/tiny_debug.yaml", *COMMON, "trainer.max_steps=4", f"run.output_dir={out}",
                    timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert os.listdir(out / "checkpoints")
+    [attempt] = os.listdir(out / "checkpoints")
+    kept = sorted(p.name for p in (out / "checkpoints" / attempt).glob("step_*"))
+    assert kept == ["step_000002", "step_000004"]  # retention: the last trainer.keep_checkpoints (2)
     second = launch("recipes/dpo/tiny_debug.yaml", *COMMON, "run.resume=auto", f"run.output_dir={out}",
                     timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -54,3 +54,17 @@ def test_zero_stages_follow_the_same_loss_curve(tmp_path):
         curves[stage] = [r["train/loss"] for r in records if "train/loss" in r]
     for stage in (1, 2, 3):
         assert curves[stage] == pytest.approx(curves[0], abs=1e-4), (stage, curves)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [["trainer.zero_stage=2", "trainer.offload_optimizer=true"],
+                                       ["trainer.zero_stage=3", "trainer.offload_optimizer=true",
+                                        "trainer.offload_params=true"],
+                                       ["trainer.zero_stage=2", "trainer.precision=bf16"]])
+def test_offload_and_bf16_runs(tmp_path, overrides):
+    out = tmp_path / "run"
+    proc = launch("recipes/dpo/tiny_debug.yaml", *overrides, "eval.generate=false", f"run.output_dir={out}",
+                  timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["eval/loss"] < records[0]["eval/loss"]
