@@ -32,7 +32,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         except OmegaConfBaseException as exc:
             raise RecipeError(f"cannot parse {CLI}: {exc}") from None
         _record_origins(cli, CLI, origins)
-        merged = OmegaConf.merge(merged, OmegaConf.create(cli))
+        merged = _merge(merged, OmegaConf.create(cli))
     try:
         data = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as exc:
@@ -54,9 +54,19 @@ def _load_with_bases(path: Path, origins: dict[str, str], chain: tuple[Path, ...
     bases = cfg.pop("base", None)
     merged = OmegaConf.create()
     for base in [bases] if isinstance(bases, str) else list(bases or []):
-        merged = OmegaConf.merge(merged, _load_with_bases((path.parent / base), origins, (*chain, path.resolve())))
+        merged = _merge(merged, _load_with_bases((path.parent / base), origins, (*chain, path.resolve())))
     _record_origins(OmegaConf.to_container(cfg, resolve=False), str(path), origins)
-    return OmegaConf.merge(merged, cfg)
+    return _merge(merged, cfg)
+
+
+def _merge(base, newer):
+    """Deep merge, except that a `sweep.space` set by the newer layer replaces the older one whole (merging two
+    search spaces key by key would combine, say, a grid with a loguniform for the same key)."""
+    merged = OmegaConf.merge(base, newer)
+    space = OmegaConf.select(newer, "sweep.space")
+    if space is not None:
+        merged.sweep.space = space
+    return merged
 
 
 def _record_origins(tree: Any, origin: str, origins: dict[str, str], prefix: str = "") -> None:

@@ -118,3 +118,14 @@ def test_global_batch_size_and_round_trip(recipe_dir):
 def test_recipe_from_dict_requires_objective():
     with pytest.raises(RecipeError, match="objective.name` is required"):
         recipe_from_dict({"data": {"train": "x.jsonl"}})
+
+
+def test_sweep_space_is_replaced_not_merged(recipe_dir):
+    write(recipe_dir, "sweep_base.yaml", "base: base.yaml\nsweep: {space: {optim.lr: {grid: [0.1, 0.2]}}}\n")
+    child = write(recipe_dir, "sweep_child.yaml",
+                  "base: sweep_base.yaml\nsweep: {space: {optim.lr: {loguniform: [1.0e-5, 1.0e-3]}}}\n")
+    assert load_recipe(child).sweep.space == {"optim.lr": {"loguniform": [1e-5, 1e-3]}}
+    with pytest.raises(RecipeError, match="unknown swept key `optim.lrr`.*did you mean `optim.lr`"):
+        load_recipe(child, ["sweep.space={optim.lrr: {grid: [1, 2]}}"])
+    with pytest.raises(RecipeError, match="loguniform"):
+        load_recipe(child, ["sweep.space={optim.lr: {loguniform: [0, 1]}}"])

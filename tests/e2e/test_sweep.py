@@ -1,6 +1,8 @@
 """A real 2-trial Ray Tune sweep (trials start their own 2-worker TorchTrainer with fractional CPUs)."""
 import csv
 
+import pytest
+
 from tests.e2e.test_cli import launch
 
 
@@ -34,3 +36,15 @@ def test_sweep_validation_errors(tmp_path):
     assert proc.returncode == 2 and "sweep value objective.beta=-1.0" in proc.stderr
     proc = launch("recipes/dpo/tiny_debug.yaml", "--sweep")
     assert proc.returncode == 2 and "needs a `sweep.space`" in proc.stderr
+
+
+@pytest.mark.slow
+def test_asha_sweep_with_random_search(tmp_path):
+    out = tmp_path / "asha"
+    proc = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "trainer.max_steps=3",
+                  "sweep.scheduler=asha", "sweep.num_samples=3", "sweep.grace_period=1",
+                  "sweep.space={optim.lr: {loguniform: [1.0e-4, 1.0e-2]}, objective.beta: {choice: [0.1, 0.5]}}",
+                  "--sweep", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.DictReader(open(tmp_path / "asha-sweep" / "results.csv")))
+    assert len(rows) == 3 and all(1e-4 <= float(r["optim.lr"]) <= 1e-2 for r in rows)
