@@ -27,7 +27,9 @@ def ray_head(tmp_path):
     ray = str(Path(sys.executable).parent / "ray")
     port, dashboard = free_port(), free_port()
     temp = Path("/tmp") / f"akray{os.getpid()}"  # Ray needs a short socket path
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # The job's `python` is whatever the head's PATH finds: as for a user who starts the head from an activated venv.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                              f"--dashboard-port={dashboard}", "--disable-usage-stats", f"--temp-dir={temp}",
