@@ -125,7 +125,8 @@ def run(recipe: Recipe) -> Path:
     facts = {
         "recipe": recipe.source, "model": recipe.model.path,
         "objective": f"{recipe.objective.name} {recipe.objective.params or ''}".strip(),
-        "data": f"{stats['train_rows']} train rows ({stats['train_origin']}), {stats['eval_rows']} held-out rows",
+        "data": f"{stats['train_rows']} train records ({stats['train_origin']}), {stats['eval_rows']} held-out records "
+                f"for the loss metrics" + (f", {len(eval_rows)} held-out prompts for generations" if behaviour else ""),
         "optimizer steps": t.max_steps,
         "global batch": f"{recipe.global_batch_size} (micro {t.micro_batch_size} x accum {t.grad_accum} x "
                         f"{recipe.cluster.num_workers} workers)",
