@@ -152,15 +152,23 @@ class DeepSpeedBackend:
             raise AlignkitError(f"no DeepSpeed checkpoint under {directory}/engine")
 
     def state_dict_for_export(self) -> dict[str, torch.Tensor] | None:
-        """Full fp32 weights on every rank's return (ZeRO-3 shards are gathered first); call on all ranks."""
+        """Full weights on rank 0 (None elsewhere); call on every rank. ZeRO-3 shards are gathered one parameter at a
+        time and copied to CPU, so no device ever holds the whole model at once."""
         model = self.engine.module
-        if self.zero_stage == 3:
-            import deepspeed
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if self.zero_stage != 3:
+            return {k: v.detach().cpu() for k, v in model.state_dict().items()} if rank == 0 else None
+        import deepspeed
 
-            params = list(model.parameters())
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                return {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        return {k: v.detach().float() for k, v in model.state_dict().items()}
+        state = {}
+        for name, param in model.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if rank == 0:
+                    state[name] = param.detach().cpu().clone()
+        if rank == 0:
+            persistent = set(model.state_dict().keys())  # non-persistent buffers (rotary tables) are not saved
+            state.update({n: b.detach().cpu() for n, b in model.named_buffers() if n in persistent})
+        return state if rank == 0 else None
 
 
 def make_backend(model: torch.nn.Module, recipe: Recipe):

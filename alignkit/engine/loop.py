@@ -453,7 +453,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
 def export_model(backend, model, recipe: Recipe, path: Path, rank: int) -> None:
     """A Hugging Face directory (safetensors) loadable by AutoModelForCausalLM.from_pretrained; rank 0 writes it."""
     state = backend.state_dict_for_export()  # collective under ZeRO-3: every rank calls it
-    if rank != 0:
+    if rank != 0 or state is None:
         return
     from alignkit.models.loading import load_tokenizer
 
