@@ -66,11 +66,6 @@ def get_objective(name: str) -> Objective:
     return _REGISTRY[name]
 
 
-def list_objectives() -> list[Objective]:
-    _load_builtin_objectives()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
-
-
 def _load_builtin_objectives() -> None:
     # Importing the modules runs their @register decorators.
     from alignkit.objectives import dpo, pmpo, sft  # noqa: F401
