@@ -2,8 +2,8 @@
 accumulation, reference log-probs, held-out evaluation, metric logging, a progress bar and the final export.
 
 It runs inside each Ray Train worker (`distributed/ray_train.py`), and also directly in one process (tests,
-debugging). Data order is a deterministic stream of seeded epoch permutations: global example `k` of step `s` goes to worker
-`(k // micro_batch) % num_workers`, so shards never overlap and the position in the stream is just
+debugging). Data order is a deterministic stream of seeded epoch permutations: global example `k` of step `s` goes
+to worker `(k // micro_batch) % num_workers`, so shards never overlap and the position in the stream is just
 `step * global_batch` (what a resume needs)."""
 from __future__ import annotations
 
