@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             out = run_sweep(recipe)
             print(f"done: {out}/results.md (best recipe: {out}/best_recipe.yaml)")
             return 0
-        from alignkit.pipelines.preference import run
+        from alignkit.pipelines import run_pipeline
 
-        out = run(recipe)
+        out = run_pipeline(recipe)
         print(f"done: {out}/report.md")
         return 0
     except AlignkitError as exc:

@@ -275,6 +275,11 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(not (objective.distributions and recipe.reference.mode == "precompute"), "reference.mode",
          f"objective `{objective.name}` needs the reference's full next-token distributions, which precompute "
          "cannot hold (vocabulary x response tokens per example); use live or auto")
+    need(d.spurious_bins >= 2, "data.spurious_bins", f"must be >= 2, got {d.spurious_bins}")
+    need(recipe.eval.suite is None or Path(recipe.eval.suite).exists(), "eval.suite",
+         f"file {recipe.eval.suite} does not exist")
+    need(recipe.eval.suite is None or objective.kind == "reward_pairs", "eval.suite",
+         "evaluation suites are for reward models (objective kind reward_pairs)")
     need(recipe.eval.num_prompts > 0 and recipe.eval.batch_size > 0 and recipe.eval.max_new_tokens > 0,
          "eval", "num_prompts, batch_size and max_new_tokens must be > 0")
 
@@ -313,8 +318,9 @@ def check_sweep(recipe: Recipe, where) -> None:
             if not low < high or (kind == "loguniform" and low <= 0):
                 raise RecipeError(f"`sweep.space.{key}.{kind}` in {origin} must be {SEARCH_KINDS[kind]}, "
                                   f"got {arg!r}")
-    if sw.space and not sw.metric.startswith(("eval/", "gen/", "train/")):
-        raise RecipeError(f"`sweep.metric` in {where('sweep.metric')} must be an eval/, gen/ or train/ metric")
+    if sw.space and not sw.metric.startswith(("eval/", "gen/", "train/", "reward/")):
+        raise RecipeError(f"`sweep.metric` in {where('sweep.metric')} must be an eval/, gen/, train/ or "
+                          "reward/<set>/<metric> metric")
     if sw.num_samples < 1 or sw.max_concurrent_trials < 1 or sw.trial_cpus <= 0:
         raise RecipeError(f"`sweep` in {where('sweep')}: num_samples and max_concurrent_trials must be >= 1 and "
                           "trial_cpus > 0")

@@ -52,6 +52,11 @@ class DataConfig:
     chat_template: Literal["auto", "none"] = "auto"  # auto: conversational rows use the tokenizer's template
     on_bad_row: Literal["error", "skip"] = "error"
     seed: int = 0  # seed of built-in dataset generation
+    # Reward models (`reward_pairs` data): the spurious attribute of a response that a causal reward model must be
+    # invariant to: `length` (in tokens) or `field` (the records' z_chosen / z_rejected), and how many bins it is cut
+    # into (quantiles of the training set for numbers; categories get a bin each). See alignkit/data/spurious.py.
+    spurious_attribute: Literal["length", "field"] = "length"
+    spurious_bins: int = 4
 
 
 @dataclass
@@ -107,6 +112,9 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int = 16
     compare_to_start: bool = True  # also evaluate the starting model, so the report shows before vs after
+    # Reward models: the evaluation suite run on the trained model (held-out sets incl. distribution-shifted ones,
+    # counterfactual length edits, best-of-n selection, calibration). See evals/reward.yaml.
+    suite: str | None = None
 
 
 @dataclass

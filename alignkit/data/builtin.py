@@ -1,5 +1,7 @@
 """Built-in datasets, generated deterministically from a seed, with train and held-out splits.
 
+`spurious_length` (reward pairs with length as a spurious shortcut) is described at its generator below.
+
 `concise_arithmetic` — preference pairs for two-number arithmetic questions. The preferred answer is one short
 sentence in a checkable format, `The answer is N.`, with the right N; dis-preferred answers are either rambling
 (the style SmolLM2-135M-Instruct produces by itself) or in the right format with a wrong number. A 135M model learns
@@ -87,7 +89,57 @@ def score_completion(row: dict, completion: str) -> dict[str, float]:
     }
 
 
+# ------------------------------------------------------------------------------------------------ spurious_length
+_FILLERS = ("I hope this helps, and feel free to ask if anything is unclear.",
+            "Let me know if you would like more details on this topic.",
+            "Comparing numbers is a useful skill in everyday life.",
+            "It is always a good idea to double-check such comparisons.",
+            "Numbers can be compared digit by digit, starting from the left.",
+            "Thank you for the interesting question!",
+            "This kind of question comes up often in basic arithmetic.",
+            "I am happy to help with any other questions you might have.")
+_COMPARE_QUESTIONS = ("Which number is larger, {a} or {b}?", "Which is bigger: {a} or {b}?",
+                      "Of {a} and {b}, which number is greater?", "Tell me the larger number: {a} or {b}.")
+_COMPARE_ANSWERS = ("The larger number is {x}.", "{x} is larger.", "The answer is {x}.", "{x} is the bigger one.")
+SPURIOUS_SPLITS = {"train": (1024, 0.9), "test": (128, 0.9), "shifted": (128, 0.1)}
+
+
+def spurious_length(split: str, seed: int = 0, size: int | None = None) -> list[dict]:
+    """Reward-model pairs where the true preference is content (the right answer to "which number is larger?")
+    and length is a spurious shortcut: the chosen response is the long one (two filler sentences appended) in 90% of
+    `train` and `test` pairs and in 10% of `shifted` pairs. A reward model that learned length ranks ~90% of
+    in-distribution pairs right and ~10% of shifted ones; one that learned content ranks both right. `z_chosen` /
+    `z_rejected` = filler sentences appended (for `data.spurious_attribute: field`); `answer` = the right number."""
+    if split not in SPURIOUS_SPLITS:
+        raise KeyError(split)
+    rng = random.Random(f"spurious_length/{seed}")
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, list[dict]] = {}
+    for name in ("test", "shifted", "train"):  # held-out questions first; training never repeats them
+        n, agree = SPURIOUS_SPLITS[name]
+        n = size if (name == split and size) else n
+        rows = out[name] = []
+        while len(rows) < n:
+            a, b = rng.sample(range(10, 100), 2)
+            if (min(a, b), max(a, b)) in seen:
+                continue
+            seen.add((min(a, b), max(a, b)))
+            template = rng.choice(_COMPARE_ANSWERS)
+            long_side = "chosen" if rng.random() < agree else "rejected"
+            question = rng.choice(_COMPARE_QUESTIONS).format(a=a, b=b)
+            row = {"prompt": [{"role": "user", "content": question}], "answer": max(a, b)}
+            for side, x in (("chosen", max(a, b)), ("rejected", min(a, b))):
+                fillers = rng.sample(_FILLERS, 2) if side == long_side else []
+                row[side] = [{"role": "assistant", "content": " ".join([template.format(x=x), *fillers])}]
+                row[f"z_{side}"] = len(fillers)
+            rows.append(row)
+        if name == split:
+            break
+    return out[split]
+
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict]], str, Callable[[dict, str], dict] | None]] = {
     # name: (generator(split, seed, size), record kind, behavioural scorer)
     "concise_arithmetic": (concise_arithmetic, "pairs", score_completion),
+    "spurious_length": (spurious_length, "reward_pairs", None),
 }

@@ -84,7 +84,12 @@ def encode_unpaired(tokenizer, row: dict, s: EncodeSettings) -> dict:
     return {**encode_sft(tokenizer, row, s), "label": bool(row["label"])}
 
 
-ENCODERS = {"pairs": encode_pair, "sft": encode_sft, "unpaired": encode_unpaired}
+def encode_reward_pair(tokenizer, row: dict, s: EncodeSettings) -> dict:
+    """A pair for a reward model; the spurious attribute's bins are added later (`data/spurious.py`)."""
+    return {**encode_pair(tokenizer, row, s), "margin": float(row.get("margin", 0.0))}
+
+
+ENCODERS = {"pairs": encode_pair, "sft": encode_sft, "unpaired": encode_unpaired, "reward_pairs": encode_reward_pair}
 
 
 def encode_rows(tokenizer, rows: list[dict], kind: str, s: EncodeSettings, origin: str = "") -> tuple[list, int]:
@@ -134,4 +139,14 @@ def collate_unpaired(examples: list[dict], pad_id: int) -> dict:
     return batch
 
 
-COLLATORS = {"pairs": collate_pairs, "sft": collate_sft, "unpaired": collate_unpaired}
+def collate_reward_pairs(examples: list[dict], pad_id: int) -> dict:
+    """Like pairs, plus the spurious attribute's bin of every sequence ([2B], chosen then rejected) and margins."""
+    batch = collate_pairs(examples, pad_id)
+    batch["z_bin"] = torch.tensor([e.get("z_bin_chosen", 0) for e in examples]
+                                  + [e.get("z_bin_rejected", 0) for e in examples], dtype=torch.long)
+    batch["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float32)
+    return batch
+
+
+COLLATORS = {"pairs": collate_pairs, "sft": collate_sft, "unpaired": collate_unpaired,
+             "reward_pairs": collate_reward_pairs}

@@ -5,6 +5,8 @@
   conversations that share their opening turns), which becomes an explicit prompt.
 - `sft`: prompt + completion (TRL's prompt-completion format), `messages` (last assistant turn is the target), or
   a preference row (its `chosen` is the target).
+- `reward_pairs` (RMPair): a preference pair, plus optional `z_chosen` / `z_rejected` (the value of a spurious
+  attribute of each response: a number, a string or a bool) and `margin` (a number: how much better chosen is).
 - `unpaired` (UnpairedFeedback): prompt, completion (or `response`), label (true/false as in TRL's KTO format, or
   "accepted"/"rejected", or 1/0). A preference row becomes two records: chosen accepted, rejected rejected
   (`pairs_to_unpaired`).
@@ -53,7 +55,7 @@ def normalize_row(row: dict, kind: str, where: str) -> dict:
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     out = dict(row)
-    if kind == "pairs":
+    if kind in ("pairs", "reward_pairs"):
         chosen, rejected = _check_text(row, "chosen", where), _check_text(row, "rejected", where)
         if "prompt" in row and row["prompt"] is not None:
             prompt = _check_text(row, "prompt", where)
@@ -66,6 +68,8 @@ def normalize_row(row: dict, kind: str, where: str) -> dict:
             raise DataError(f"{where}: `prompt`, `chosen` and `rejected` must all be strings or all be message "
                             "lists (standard vs conversational format)")
         out.update(prompt=prompt, chosen=chosen, rejected=rejected)
+        if kind == "reward_pairs":
+            _check_reward_fields(row, where)
     elif kind == "sft":
         if "messages" in row:
             messages = row["messages"]
@@ -85,6 +89,17 @@ def normalize_row(row: dict, kind: str, where: str) -> dict:
     else:
         raise DataError(f"unknown record kind {kind!r}")
     return out
+
+
+def _check_reward_fields(row: dict, where: str) -> None:
+    if ("z_chosen" in row) != ("z_rejected" in row):
+        raise DataError(f"{where}: `z_chosen` and `z_rejected` come together (the spurious attribute of each response)")
+    for field in ("z_chosen", "z_rejected"):
+        if field in row and not isinstance(row[field], (int, float, str, bool)):
+            raise DataError(f"{where}: field `{field}` must be a number, a string or a bool, got "
+                            f"{type(row[field]).__name__}")
+    if "margin" in row and (isinstance(row["margin"], bool) or not isinstance(row["margin"], (int, float))):
+        raise DataError(f"{where}: field `margin` must be a number, got {row['margin']!r}")
 
 
 _LABELS = {True: True, False: False, "accepted": True, "rejected": False, "true": True, "false": False}  # 1 == True

@@ -31,7 +31,8 @@ def _read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple
         try:
             return generate(split, seed=seed), f"{spec} (split {split}, seed {seed})"
         except KeyError:
-            raise DataError(f"built-in dataset `{spec}` has no split `{split}` (it has train, test)") from None
+            splits = {"spurious_length": "train, test, shifted"}.get(name, "train, test")
+            raise DataError(f"built-in dataset `{spec}` has no split `{split}` (it has {splits})") from None
     path = Path(spec).expanduser()
     if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
         if not path.exists():

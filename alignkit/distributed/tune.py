@@ -56,7 +56,7 @@ def _trial(config: dict) -> None:
     """One Tune trial: a normal run with the sampled values, metrics forwarded to Tune as they are logged."""
     from ray import tune
 
-    from alignkit.pipelines.preference import run
+    from alignkit.pipelines import run_pipeline as run
 
     values = config["values"]
     trial_id = tune.get_context().get_trial_id()
@@ -97,6 +97,10 @@ def _trial(config: dict) -> None:
     final = dict(last_eval)
     if behaviour_path.exists():
         final.update(json.loads(behaviour_path.read_text())["final"]["metrics"])
+    reward_path = Path(recipe.output_dir) / "reward_eval.json"
+    if reward_path.exists():  # reward models: reward/<set>/<metric>, e.g. reward/shifted/accuracy
+        final.update({f"reward/{name}/{k}": v for name, m in json.loads(reward_path.read_text()).items()
+                      for k, v in m.items() if isinstance(v, (int, float))})
     records = [json.loads(x) for x in metrics_path.read_text().splitlines()]
     final.update({k: v for k, v in records[-1].items() if k.startswith("train/")})
     tune.report({**final, "step": records[-1]["step"], "done": True, "run_dir": recipe.output_dir})

@@ -24,8 +24,8 @@ from alignkit.config.schema import Recipe
 from alignkit.data.encode import COLLATORS
 from alignkit.engine.backends import make_backend
 from alignkit.errors import AlignkitError
-from alignkit.models.loading import DTYPES, load_causal_lm
-from alignkit.models.logps import forward_token_logps
+from alignkit.models.loading import DTYPES, load_causal_lm, load_model_for
+from alignkit.models.logps import forward_rewards, forward_token_logps
 from alignkit.objectives import get_objective
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def sharded_eval_batches(num_examples: int, batch_size: int, rank: int, world: i
 
 
 # -------------------------------------------------------------------------------------------------------- forward
-SEQUENCES_PER_EXAMPLE = {"pairs": 2, "sft": 1, "unpaired": 1}
+SEQUENCES_PER_EXAMPLE = {"pairs": 2, "sft": 1, "unpaired": 1, "reward_pairs": 2}
 
 
 def _forward(module, batch: dict, ctx, vocab: bool = False) -> dict[str, torch.Tensor]:
@@ -97,6 +97,13 @@ def _forward(module, batch: dict, ctx, vocab: bool = False) -> dict[str, torch.T
 def objective_inputs(objective, module, batch: dict, ctx, reference) -> dict[str, torch.Tensor]:
     """The tensors `objective` consumes for this batch (see objectives/registry.py for each kind)."""
     kind = objective.kind
+    if kind == "reward_pairs":
+        with ctx:
+            rewards, reprs = forward_rewards(module, batch["input_ids"], batch["attention_mask"])
+        b = rewards.shape[0] // 2
+        return {"chosen_rewards": rewards[:b], "rejected_rewards": rewards[b:], "chosen_repr": reprs[:b],
+                "rejected_repr": reprs[b:], "z_bin_chosen": batch["z_bin"][:b], "z_bin_rejected": batch["z_bin"][b:],
+                "margins": batch["margin"]}
     policy = _forward(module, batch, ctx, vocab=objective.distributions)
     if kind == "sft":
         return {"token_logps": policy["token_logps"], "token_mask": policy["token_mask"].float()}
@@ -330,7 +337,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     seed_everything(recipe.run.seed)
     collate = lambda ex: COLLATORS[data.kind](ex, data.pad_id)  # noqa: E731
     if model is None:
-        model = load_causal_lm(recipe.model.path, recipe.model.dtype, recipe.model.trust_remote_code)
+        model = load_model_for(data.kind, recipe.model.path, recipe.model.dtype, recipe.model.trust_remote_code)
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False

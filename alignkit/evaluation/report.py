@@ -55,8 +55,10 @@ def _cell(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def write_report(out_dir: Path, summary: dict, behaviour: dict | None, sample_prompts: list[str]) -> Path:
-    """summary: facts of the run (title, recipe facts, timings). behaviour: {"start": ..., "final": ...} evals."""
+def write_report(out_dir: Path, summary: dict, behaviour: dict | None, sample_prompts: list[str],
+                 sections: list[str] = ()) -> Path:
+    """summary: facts of the run (title, recipe facts, timings). behaviour: {"start": ..., "final": ...} evals.
+    sections: more Markdown (e.g. a pipeline's own evaluation), placed before the curves."""
     records = read_metrics(out_dir / "metrics.jsonl")
     plots = plot_curves(records, out_dir)
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
@@ -93,6 +95,7 @@ def write_report(out_dir: Path, summary: dict, behaviour: dict | None, sample_pr
             before = start.get("completions", [""] * (i + 1))[i] if start else ""
             lines.append(f"| {_cell(prompt, 60)} | {_cell(before)} | {_cell(behaviour['final']['completions'][i])} |")
         lines.append("")
+    lines += [*sections]
     if plots:
         lines += ["## Curves", ""] + [f"![{p}]({p})" for p in plots] + [""]
     path = out_dir / "report.md"

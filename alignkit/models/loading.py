@@ -44,6 +44,31 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     return model
 
 
+def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, pad_token_id=None):
+    """A causal LM backbone with a one-output linear head (`AutoModelForSequenceClassification`, num_labels=1):
+    from a causal LM checkpoint the head starts random; from a saved reward model it is loaded."""
+    from transformers import AutoModelForSequenceClassification
+
+    local = resolve_model_path(path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(local, num_labels=1, dtype=DTYPES[dtype],
+                                                                   trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise AlignkitError(f"cannot load a reward model from `{path}`: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # an architecture without a sequence-classification class
+        raise AlignkitError(f"`{path}` has no sequence-classification head class for reward models: {exc}") from None
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id  # HF's own forward finds the scored token through it
+    return model
+
+
+def load_model_for(kind: str, path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """The trainable model for a record kind: a reward model for `reward_pairs`, else a causal LM."""
+    if kind == "reward_pairs":
+        return load_reward_model(path, dtype, trust_remote_code, load_tokenizer(path).pad_token_id)
+    return load_causal_lm(path, dtype, trust_remote_code)
+
+
 def check_model_source(path: str) -> None:
     """Fail early (before workers start) on a model path that is neither built-in, local, nor hub-like."""
     if path.startswith("builtin:"):

@@ -59,3 +59,28 @@ def forward_token_logps(module, input_ids: torch.Tensor, attention_mask: torch.T
     if return_vocab:
         return lp, mask, logits - log_z.unsqueeze(-1)
     return lp, mask
+
+
+def last_token_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """[B] position of the token a reward model scores: the last attended token that is not the pad token, as
+    Hugging Face's *ForSequenceClassification picks it (so a reward exported here scores the same in TRL/HF)."""
+    keep = attention_mask.bool()
+    if pad_token_id is not None:
+        keep = keep & (input_ids != pad_token_id)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return (positions * keep).argmax(-1)
+
+
+def forward_rewards(module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sequence-classification reward model's scalar rewards [B] (fp32) and the representations [B, d] its head
+    reads (the backbone's final hidden state at the scored token)."""
+    model = _unwrap(module)
+    head = getattr(model, "score", None)
+    index = last_token_index(input_ids, attention_mask, model.config.pad_token_id)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    if isinstance(head, torch.nn.Linear) and model.base_model is not model:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows, index]
+        return head(hidden).squeeze(-1).float(), hidden
+    out = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.logits.squeeze(-1).float(), out.hidden_states[-1][rows, index]

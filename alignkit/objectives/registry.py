@@ -8,6 +8,9 @@ Record kinds and the tensors the engine hands over (all per example, shape [B], 
 - `unpaired`: policy_logps, lengths, labels (1 = accepted, 0 = rejected), ref_logps when a reference is used; for
   objectives with `distributions=True` also policy_vocab_logps and ref_vocab_logps [N, V] (the full
   log-distributions at the N response positions of the batch) and position_sequence [N] (their sequence index).
+- `reward_pairs` (the model is a reward model, not a policy): chosen_rewards, rejected_rewards [B], chosen_repr,
+  rejected_repr [B, d] (the hidden state the reward head reads), z_bin_chosen, z_bin_rejected [B] (the spurious
+  attribute's bin, see data/spurious.py), margins [B].
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from alignkit.errors import RecipeError
 
 Metrics = dict[str, torch.Tensor]
 LossFn = Callable[[dict[str, torch.Tensor], object], tuple[torch.Tensor, Metrics]]
-RecordKind = Literal["pairs", "sft", "unpaired"]
+RecordKind = Literal["pairs", "sft", "unpaired", "reward_pairs"]
 
 
 @dataclass(frozen=True)
@@ -68,4 +71,4 @@ def get_objective(name: str) -> Objective:
 
 def _load_builtin_objectives() -> None:
     # Importing the modules runs their @register decorators.
-    from alignkit.objectives import dpo, pmpo, sft  # noqa: F401
+    from alignkit.objectives import dpo, pmpo, reward, sft  # noqa: F401

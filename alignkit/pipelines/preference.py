@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.config.loader import dump_recipe
@@ -58,6 +59,18 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
                                 hub_config=d.hub_config)
         eval_rows, eval_origin = held_out.rows, held_out.origin
         encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows[:d.eval_size], kind, settings, held_out.origin)
+    binning = None
+    if kind == "reward_pairs":
+        from alignkit.data.spurious import assign_bins, attribute_values, fit_binning
+
+        z_train = attribute_values(train.rows, encoded_train, d.spurious_attribute, train.origin)
+        binning = fit_binning([z for pair in z_train for z in pair], d.spurious_bins)
+        assign_bins(encoded_train, z_train, binning)
+        if encoded_eval:
+            assign_bins(encoded_eval, attribute_values(eval_rows, encoded_eval, d.spurious_attribute, eval_origin),
+                        binning)
+        log.info("spurious attribute `%s`: %s (fitted on the training responses)", d.spurious_attribute,
+                 binning.describe())
     if recipe.global_batch_size > len(encoded_train):
         from alignkit.errors import RecipeError
 
@@ -71,7 +84,7 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
         log.warning("%d row(s) truncated to data.max_length=%d / max_prompt_length=%d", cut_train + cut_eval,
                     d.max_length, d.max_prompt_length)
     encoded = {"kind": kind, "train": encoded_train, "eval": encoded_eval, "pad_id": tokenizer.pad_token_id}
-    return encoded, {"stats": stats, "eval_rows": _unique_prompts(eval_rows)}
+    return encoded, {"stats": stats, "eval_rows": _unique_prompts(eval_rows), "binning": binning}
 
 
 def _unique_prompts(rows: list[dict]) -> list[dict]:
@@ -85,15 +98,42 @@ def _unique_prompts(rows: list[dict]) -> list[dict]:
     return out
 
 
-def run(recipe: Recipe) -> Path:
+@dataclass
+class TrainedRun:
+    """What the training stage leaves for a pipeline's evaluation and report."""
+    out: Path
+    model_dir: str  # the starting model's directory
+    info: dict  # prepare_data's info: stats, eval rows, spurious binning
+    train_seconds: float
+    started: float  # perf_counter at the start of the run
+
+    def facts(self, recipe: Recipe, extra_data: str = "") -> dict:
+        t, stats = recipe.trainer, self.info["stats"]
+        return {
+            "recipe": recipe.source, "model": recipe.model.path,
+            "objective": f"{recipe.objective.name} {recipe.objective.params or ''}".strip(),
+            "data": f"{stats['train_rows']} train records ({stats['train_origin']}), {stats['eval_rows']} held-out "
+                    f"records for the loss metrics{extra_data}",
+            "optimizer steps": t.max_steps,
+            "global batch": f"{recipe.global_batch_size} (micro {t.micro_batch_size} x accum {t.grad_accum} x "
+                            f"{recipe.cluster.num_workers} workers)",
+            "backend": f"{t.backend}" + (f" ZeRO-{t.zero_stage}" if t.backend == "deepspeed" else "")
+                       + f", {t.precision}",
+            "training wall time (Ray Train, incl. worker start)": f"{self.train_seconds:.0f} s",
+            "total wall time": f"{time.perf_counter() - self.started:.0f} s",
+        }
+
+
+def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviour.json")) -> TrainedRun:
+    """Write the run record, prepare the data in the driver, and train in Ray Train workers."""
     from alignkit.distributed.ray_train import ensure_ray, run_training
 
     started = time.perf_counter()
     out = Path(recipe.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     # A resumed run keeps its metrics (the workers cut them back to the checkpoint's step); a fresh run starts clean.
-    for stale in ("report.md", "behaviour.json") + (() if recipe.run.resume else ("metrics.jsonl",)):
-        (out / stale).unlink(missing_ok=True)
+    for name in stale + (() if recipe.run.resume else ("metrics.jsonl",)):
+        (out / name).unlink(missing_ok=True)
     (out / "recipe.yaml").write_text(
         dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
         + "provenance: " + json.dumps(provenance()) + "\n")
@@ -113,28 +153,20 @@ def run(recipe: Recipe) -> Path:
     ensure_ray()
     t1 = time.perf_counter()
     run_training(recipe, encoded, out)
-    train_seconds = time.perf_counter() - t1
+    return TrainedRun(out, model_dir, info, time.perf_counter() - t1, started)
 
+
+def run(recipe: Recipe) -> Path:
+    trained = train_stage(recipe)
+    out = trained.out
     behaviour = None
     scorer = behaviour_scorer(recipe.data.eval)
-    eval_rows = info["eval_rows"][:recipe.eval.num_prompts]
+    eval_rows = trained.info["eval_rows"][:recipe.eval.num_prompts]
     if recipe.eval.generate and eval_rows:
-        behaviour = _behaviour(recipe, model_dir, out / "final", eval_rows, scorer)
+        behaviour = _behaviour(recipe, trained.model_dir, out / "final", eval_rows, scorer)
         (out / "behaviour.json").write_text(json.dumps(behaviour, indent=1))
 
-    facts = {
-        "recipe": recipe.source, "model": recipe.model.path,
-        "objective": f"{recipe.objective.name} {recipe.objective.params or ''}".strip(),
-        "data": f"{stats['train_rows']} train records ({stats['train_origin']}), {stats['eval_rows']} held-out records "
-                f"for the loss metrics" + (f", {len(eval_rows)} held-out prompts for generations" if behaviour else ""),
-        "optimizer steps": t.max_steps,
-        "global batch": f"{recipe.global_batch_size} (micro {t.micro_batch_size} x accum {t.grad_accum} x "
-                        f"{recipe.cluster.num_workers} workers)",
-        "backend": f"{t.backend}" + (f" ZeRO-{t.zero_stage}" if t.backend == "deepspeed" else "")
-                   + f", {t.precision}",
-        "training wall time (Ray Train, incl. worker start)": f"{train_seconds:.0f} s",
-        "total wall time": f"{time.perf_counter() - started:.0f} s",
-    }
+    facts = trained.facts(recipe, f", {len(eval_rows)} held-out prompts for generations" if behaviour else "")
     from alignkit.evaluation.report import write_report
 
     report = write_report(out, {"title": f"alignkit run `{recipe.run.name}`", "facts": facts}, behaviour,

@@ -1,0 +1,57 @@
+"""Reward models (`reward_pairs` objectives: reward_bt, causal_rm): train a backbone + scalar head in Ray Train
+workers, then run the reward evaluation suite (held-out and distribution-shifted accuracy, length sensitivity,
+counterfactual edits, best-of-n selection, calibration) on the trained model, and write one report."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from alignkit.config.schema import Recipe
+from alignkit.data.encode import EncodeSettings
+from alignkit.pipelines.preference import train_stage
+
+log = logging.getLogger(__name__)
+
+
+def run(recipe: Recipe) -> Path:
+    trained = train_stage(recipe, stale=("report.md", "reward_eval.json", "calibration.png"))
+    out = trained.out
+    results = evaluate(recipe, out / "final")
+    (out / "reward_eval.json").write_text(json.dumps(results, indent=1))
+    from alignkit.evaluation.report import write_report
+    from alignkit.evaluation.reward import calibration_plot, results_table
+
+    plot = calibration_plot(results, out / "calibration.png")
+    binning = trained.info["binning"]
+    section = ["## Reward-model evaluation", "",
+               f"Spurious attribute `{recipe.data.spurious_attribute}`: {binning.describe()}. Metrics are defined in "
+               "`alignkit/evaluation/reward.py` (accuracy: pairwise; cf_delta: reward change from one appended "
+               "filler sentence, in reward std units; bon_*: best-of-6 selection over {chosen, rejected} x "
+               "{0, 1, 2 fillers}).", "", results_table(results), ""]
+    if plot:
+        section += [f"![calibration]({plot.name})", ""]
+    facts = trained.facts(recipe, f"; evaluation suite {recipe.eval.suite or '(recipe data.eval)'}")
+    report = write_report(out, {"title": f"alignkit reward model `{recipe.run.name}`", "facts": facts}, None, [],
+                          sections=section)
+    log.info("report: %s", report)
+    return out
+
+
+def evaluate(recipe: Recipe, model_dir: Path) -> dict:
+    """The suite on the trained model, in a Ray task (on a GPU if the cluster has them)."""
+    import ray
+
+    from alignkit.evaluation.reward import load_suite, run_suite
+
+    d, c = recipe.data, recipe.cluster
+    settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
+    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(run_suite)
+    start = time.perf_counter()
+    results = ray.get(task.remote(str(model_dir), load_suite(recipe.eval.suite), default_data=d.eval,
+                                  default_split=d.eval_split, settings=settings, seed=d.seed, dtype=recipe.model.dtype,
+                                  batch_size=recipe.eval.batch_size,
+                                  threads=max(1, int(c.cpus_per_worker * c.num_workers))))
+    log.info("reward evaluation in %.1f s", time.perf_counter() - start)
+    return results
