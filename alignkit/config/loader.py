@@ -276,8 +276,6 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
          f"objective `{objective.name}` needs the reference's full next-token distributions, which precompute "
          "cannot hold (vocabulary x response tokens per example); use live or auto")
     need(d.spurious_bins >= 2, "data.spurious_bins", f"must be >= 2, got {d.spurious_bins}")
-    need(recipe.eval.suite is None or Path(recipe.eval.suite).exists(), "eval.suite",
-         f"file {recipe.eval.suite} does not exist")
     need(recipe.eval.suite is None or objective.kind == "reward_pairs", "eval.suite",
          "evaluation suites are for reward models (objective kind reward_pairs)")
     need(recipe.eval.num_prompts > 0 and recipe.eval.batch_size > 0 and recipe.eval.max_new_tokens > 0,

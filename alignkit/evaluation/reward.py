@@ -174,6 +174,8 @@ def load_suite(path: str | None) -> RewardSuite:
         return RewardSuite()
     from omegaconf import OmegaConf
 
+    if not Path(path).is_file():
+        raise RecipeError(f"evaluation suite {path} does not exist (eval.suite)")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
     allowed = {"sets", "max_pairs", "fillers", "calibration_bins"}
     unknown = set(raw) - allowed
@@ -188,28 +190,37 @@ def load_suite(path: str | None) -> RewardSuite:
     return suite
 
 
-def run_suite(model_dir: str, suite: RewardSuite, *, default_data: str | None = None, default_split: str = "test",
-              settings: EncodeSettings = DEFAULT_SETTINGS, seed: int = 0, dtype: str = "float32",
-              batch_size: int = 16, threads: int | None = None) -> dict:
-    """Evaluate one reward model on every set of the suite; returns {set name: metrics}."""
+def load_sets(suite: RewardSuite, default_data: str | None = None, default_split: str = "test",
+              seed: int = 0) -> dict[str, list[dict]]:
+    """The rows of every set of the suite (the recipe's data.eval when the suite names none)."""
     from alignkit.data.sources import load_records
 
-    if threads:
-        torch.set_num_threads(threads)
     sets = suite.sets or ({"held_out": {"data": default_data, "split": default_split}} if default_data else {})
     if not sets:
         raise RecipeError("nothing to evaluate: the suite has no `sets` and the recipe no data.eval")
+    return {name: load_records(spec["data"], spec.get("split", default_split), "reward_pairs", seed=seed,
+                               limit=suite.max_pairs).rows for name, spec in sets.items()}
+
+
+def score_sets(model_dir: str, sets: dict[str, list[dict]], suite: RewardSuite, *,
+               settings: EncodeSettings = DEFAULT_SETTINGS, dtype: str = "float32", batch_size: int = 16,
+               threads: int | None = None) -> dict:
+    """Evaluate one reward model on every set; returns {set name: metrics}."""
+    if threads:
+        torch.set_num_threads(threads)
     scorer = RewardScorer(model_dir, dtype, batch_size, settings)
     results = {}
-    for name, spec in sets.items():
+    for name, rows in sets.items():
         start = time.perf_counter()
-        rows = load_records(spec["data"], spec.get("split", default_split), "reward_pairs", seed=seed,
-                            limit=suite.max_pairs).rows
         results[name] = evaluate_set(scorer, rows, suite.fillers, suite.calibration_bins)
         log.info("reward eval `%s`: %d pairs, accuracy %.3f, cf_delta %.2f, bon_length_drift %.1f (%.1f s)", name,
                  len(rows), results[name]["accuracy"], results[name]["cf_delta"],
                  results[name]["bon_length_drift"], time.perf_counter() - start)
     return results
+
+
+def run_suite(model_dir: str, suite: RewardSuite, **kwargs) -> dict:
+    return score_sets(model_dir, load_sets(suite), suite, **kwargs)
 
 
 SUMMARY_KEYS = ("accuracy", "ece", "length_corr", "matched_length_corr", "cf_delta", "cf_flip_rate", "bon_content",

@@ -8,8 +8,8 @@ rejected_repr [B, d] (the backbone's final hidden state at the scored token), z_
 `margin` field, 0 when absent).
 
 The regulariser's details are RECONSTRUCTED in the spec (the paper's code is not public); every choice below is a
-switch: what is compared (`features`), against what (`compare`), within preference labels or not (`conditional`), and the
-bandwidth. The MMD is computed inside each micro-batch on each worker, so micro-batches should hold >= 16 pairs.
+switch: what is compared (`features`), against what (`compare`), within preference labels or not (`conditional`),
+and the bandwidth. The MMD is computed inside each micro-batch on each worker, so micro-batches should hold >= 16 pairs.
 """
 from __future__ import annotations
 

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 
 def run(recipe: Recipe) -> Path:
+    from alignkit.evaluation.reward import load_suite
+
+    load_suite(recipe.eval.suite)  # a bad suite fails now, not after training
     trained = train_stage(recipe, stale=("report.md", "reward_eval.json", "calibration.png"))
     out = trained.out
     results = evaluate(recipe, out / "final")
@@ -43,14 +46,16 @@ def evaluate(recipe: Recipe, model_dir: Path) -> dict:
     """The suite on the trained model, in a Ray task (on a GPU if the cluster has them)."""
     import ray
 
-    from alignkit.evaluation.reward import load_suite, run_suite
+    from alignkit.evaluation.reward import load_sets, load_suite, score_sets
 
     d, c = recipe.data, recipe.cluster
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
-    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(run_suite)
+    # Suite and data are read here, in the driver (workers may run on other machines), and shipped to the task.
+    suite = load_suite(recipe.eval.suite)
+    sets = load_sets(suite, d.eval, d.eval_split, d.seed)
+    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(score_sets)
     start = time.perf_counter()
-    results = ray.get(task.remote(str(model_dir), load_suite(recipe.eval.suite), default_data=d.eval,
-                                  default_split=d.eval_split, settings=settings, seed=d.seed, dtype=recipe.model.dtype,
+    results = ray.get(task.remote(str(model_dir), sets, suite, settings=settings, dtype=recipe.model.dtype,
                                   batch_size=recipe.eval.batch_size,
                                   threads=max(1, int(c.cpus_per_worker * c.num_workers))))
     log.info("reward evaluation in %.1f s", time.perf_counter() - start)

@@ -25,7 +25,8 @@ def assert_clean_error(proc, pattern):
     "recipes/quickstart.yaml", "recipes/dpo/builtin_ipo.yaml", "recipes/dpo/ultrafeedback.yaml",
     "recipes/dpo/tiny_debug.yaml", "recipes/pmpo/both_builtin.yaml", "recipes/pmpo/rejected_only_builtin.yaml",
     "recipes/pmpo/accepted_only_builtin.yaml", "recipes/pmpo/kto_mix_hub.yaml", "recipes/sweeps/tiny_lr_beta.yaml",
-    "recipes/sweeps/quickstart_lr_beta.yaml"])
+    "recipes/sweeps/quickstart_lr_beta.yaml", "recipes/reward/bt_builtin.yaml", "recipes/reward/causal_builtin.yaml",
+    "recipes/reward/tiny_debug.yaml", "recipes/reward/causal_ultrafeedback.yaml"])
 def test_shipped_recipes_validate(recipe):
     proc = launch(recipe, "--dry-run")
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,75 @@
+"""Bradley-Terry vs causal reward models on the built-in spurious-length benchmark (SmolLM2-135M-Instruct backbone,
+same data, order, steps and learning rate); one command, one table.
+
+    python bench/reward_bt_vs_causal.py [--only NAME ...] [--table-only] [extra a.b=c overrides for every run]
+
+Each run is a normal `launch.py` run in runs/reward_bt_vs_causal/<name>; the table reads their reward_eval.json
+(metrics: alignkit/evaluation/reward.py), so `--table-only` re-prints it without training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNS = {
+    "bt": ("recipes/reward/bt_builtin.yaml", []),
+    "causal lam 1": ("recipes/reward/causal_builtin.yaml", []),
+    "causal lam 10": ("recipes/reward/causal_builtin.yaml", ["objective.lam=10.0"]),
+}
+COLUMNS = (("in_distribution", "accuracy", "in-dist acc"), ("shifted", "accuracy", "shifted acc"),
+           ("shifted", "matched_length_corr", "length corr (matched)"), ("shifted", "cf_delta", "cf Δreward / std"),
+           ("shifted", "cf_flip_rate", "flips by padding"), ("shifted", "bon_content", "best-of-6 right"),
+           ("shifted", "bon_length_drift", "best-of-6 length drift (tok)"),
+           ("shifted", "bon_padded", "best-of-6 padded"))
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def table(root: Path) -> str:
+    lines = ["| reward model | " + " | ".join(c[2] for c in COLUMNS) + " | wall s |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for name in RUNS:
+        d = root / slug(name)
+        if not (d / "reward_eval.json").exists():
+            lines.append(f"| {name} | (not run) |" + " |" * len(COLUMNS))
+            continue
+        r = json.loads((d / "reward_eval.json").read_text())
+        wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
+        lines.append(f"| {name} | " + " | ".join(f"{r[s][k]:.3f}" for s, k, _ in COLUMNS) + f" | {wall} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="runs/reward_bt_vs_causal")
+    p.add_argument("--only", nargs="*", help="run only these names")
+    p.add_argument("--table-only", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    root = Path(args.root)
+    if not args.table_only:
+        for name, (recipe, extra) in RUNS.items():
+            if args.only and name not in args.only:
+                continue
+            out = root / slug(name)
+            start = time.perf_counter()
+            print(f"== {name}: {recipe} {' '.join(extra + args.overrides)}", flush=True)
+            proc = subprocess.run([sys.executable, "launch.py", recipe, f"run.output_dir={out}", *extra,
+                                   "trainer.progress_bar=false", *args.overrides], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+            if proc.returncode:
+                print(proc.stderr[-2000:], file=sys.stderr)
+                continue
+            (out / "wall_s").write_text(f"{time.perf_counter() - start:.0f}\n")
+            print(table(root), flush=True)
+    print(table(root))
+
+
+if __name__ == "__main__":
+    main()
