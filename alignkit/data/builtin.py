@@ -14,6 +14,9 @@ import random
 import re
 from collections.abc import Callable
 
+from alignkit.data.fictitious_authors import fictitious_authors
+from alignkit.data.fictitious_authors import splits as fictitious_splits
+
 ANSWER_RE = re.compile(r"^\s*The answer is (-?\d+)\.")
 
 _QUESTION_TEMPLATES = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.",
@@ -138,8 +141,12 @@ def spurious_length(split: str, seed: int = 0, size: int | None = None) -> list[
     return out[split]
 
 
+BUILTIN_SPLITS = {"concise_arithmetic": ("train", "test"), "spurious_length": tuple(SPURIOUS_SPLITS),
+                  "fictitious_authors": fictitious_splits()}
+
 BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict]], str, Callable[[dict, str], dict] | None]] = {
     # name: (generator(split, seed, size), record kind, behavioural scorer)
     "concise_arithmetic": (concise_arithmetic, "pairs", score_completion),
     "spurious_length": (spurious_length, "reward_pairs", None),
+    "fictitious_authors": (fictitious_authors, "sft", None),
 }

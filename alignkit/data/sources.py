@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit.data.builtin import BUILTIN_DATASETS
+from alignkit.data.builtin import BUILTIN_DATASETS, BUILTIN_SPLITS
 from alignkit.data.records import is_pair_row, normalize_row, pairs_to_unpaired
 from alignkit.errors import DataError
 
@@ -31,8 +31,8 @@ def _read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple
         try:
             return generate(split, seed=seed), f"{spec} (split {split}, seed {seed})"
         except KeyError:
-            splits = {"spurious_length": "train, test, shifted"}.get(name, "train, test")
-            raise DataError(f"built-in dataset `{spec}` has no split `{split}` (it has {splits})") from None
+            raise DataError(f"built-in dataset `{spec}` has no split `{split}` (it has "
+                            f"{', '.join(BUILTIN_SPLITS[name])})") from None
     path = Path(spec).expanduser()
     if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
         if not path.exists():
