@@ -275,6 +275,12 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(not (objective.distributions and recipe.reference.mode == "precompute"), "reference.mode",
          f"objective `{objective.name}` needs the reference's full next-token distributions, which precompute "
          "cannot hold (vocabulary x response tokens per example); use live or auto")
+    need("retain" not in objective.needs or bool(d.retain), "data.retain",
+         f"objective `{objective.name}` trains on retain data beside the forget set; set data.retain "
+         "(and data.retain_split)")
+    need(not (objective.live_reference and recipe.reference.mode == "precompute"), "reference.mode",
+         f"objective `{objective.name}` needs the reference's per-token log-probs or distributions, which precompute "
+         "does not keep; use live or auto")
     need(d.spurious_bins >= 2, "data.spurious_bins", f"must be >= 2, got {d.spurious_bins}")
     need(recipe.eval.suite is None or objective.kind == "reward_pairs", "eval.suite",
          "evaluation suites are for reward models (objective kind reward_pairs)")

@@ -52,6 +52,10 @@ class DataConfig:
     chat_template: Literal["auto", "none"] = "auto"  # auto: conversational rows use the tokenizer's template
     on_bad_row: Literal["error", "skip"] = "error"
     seed: int = 0  # seed of built-in dataset generation
+    # Unlearning objectives that use retain data (grad_diff, npo_rt, ...): its source and split (same forms as train).
+    retain: str | None = None
+    retain_split: str = "train"
+    retain_size: int | None = None
     # Reward models (`reward_pairs` data): the spurious attribute of a response that a causal reward model must be
     # invariant to: `length` (in tokens) or `field` (the records' z_chosen / z_rejected), and how many bins it is cut
     # into (quantiles of the training set for numbers; categories get a bin each). See alignkit/data/spurious.py.

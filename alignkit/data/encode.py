@@ -80,6 +80,14 @@ def encode_sft(tokenizer, row: dict, s: EncodeSettings) -> dict:
     return {"prompt_ids": prompt, "completion_ids": completion, "truncated": cut}
 
 
+def encode_forget(tokenizer, row: dict, s: EncodeSettings) -> dict:
+    """A forget/retain item: QA like SFT (answer tokens are labels), or raw text (all tokens are labels)."""
+    if row.get("raw_text"):
+        ids = _ids(tokenizer, row["completion"] + (tokenizer.eos_token or ""))
+        return {"prompt_ids": [], "completion_ids": ids[:s.max_length], "truncated": len(ids) > s.max_length}
+    return encode_sft(tokenizer, row, s)
+
+
 def encode_unpaired(tokenizer, row: dict, s: EncodeSettings) -> dict:
     return {**encode_sft(tokenizer, row, s), "label": bool(row["label"])}
 
@@ -89,7 +97,8 @@ def encode_reward_pair(tokenizer, row: dict, s: EncodeSettings) -> dict:
     return {**encode_pair(tokenizer, row, s), "margin": float(row.get("margin", 0.0))}
 
 
-ENCODERS = {"pairs": encode_pair, "sft": encode_sft, "unpaired": encode_unpaired, "reward_pairs": encode_reward_pair}
+ENCODERS = {"pairs": encode_pair, "sft": encode_sft, "unpaired": encode_unpaired, "reward_pairs": encode_reward_pair,
+            "forget": encode_forget}
 
 
 def encode_rows(tokenizer, rows: list[dict], kind: str, s: EncodeSettings, origin: str = "") -> tuple[list, int]:
@@ -149,4 +158,4 @@ def collate_reward_pairs(examples: list[dict], pad_id: int) -> dict:
 
 
 COLLATORS = {"pairs": collate_pairs, "sft": collate_sft, "unpaired": collate_unpaired,
-             "reward_pairs": collate_reward_pairs}
+             "reward_pairs": collate_reward_pairs, "forget": collate_sft}

@@ -7,6 +7,8 @@
   a preference row (its `chosen` is the target).
 - `reward_pairs` (RMPair): a preference pair, plus optional `z_chosen` / `z_rejected` (the value of a spurious
   attribute of each response: a number, a string or a bool) and `margin` (a number: how much better chosen is).
+- `forget` (UnlearnQA / UnlearnText, for forget and retain sets): `question` + `answer` (chat-templated), or
+  `prompt` + `completion`, or raw `text` (every token is a label). TOFU's extra fields are kept.
 - `unpaired` (UnpairedFeedback): prompt, completion (or `response`), label (true/false as in TRL's KTO format, or
   "accepted"/"rejected", or 1/0). A preference row becomes two records: chosen accepted, rejected rejected
   (`pairs_to_unpaired`).
@@ -86,6 +88,19 @@ def normalize_row(row: dict, kind: str, where: str) -> dict:
                    label=_check_label(row, where))
         if isinstance(out["prompt"], list) != isinstance(out["completion"], list):
             raise DataError(f"{where}: `prompt` and `{target}` must both be strings or both be message lists")
+    elif kind == "forget":
+        if "prompt" in row and ("completion" in row or "messages" not in row):
+            out.update(prompt=_check_text(row, "prompt", where), completion=_check_text(row, "completion", where))
+        elif "question" in row:
+            # UnlearnQA: the question is a user turn, the answer the assistant turn (rendered with the chat template)
+            out.update(prompt=[{"role": "user", "content": _check_text(row, "question", where)}],
+                       completion=[{"role": "assistant", "content": _check_text(row, "answer", where)}])
+        elif "text" in row:
+            # UnlearnText: every token is a label; no chat template
+            out.update(prompt="", completion=_check_text(row, "text", where), raw_text=True)
+        else:
+            raise DataError(f"{where}: a forget/retain row needs `question` + `answer`, `prompt` + `completion`, "
+                            "or `text`")
     else:
         raise DataError(f"unknown record kind {kind!r}")
     return out

@@ -90,7 +90,8 @@ def _worker_main(config: dict) -> None:
 
         deepspeed.init_distributed(dist_backend="nccl" if recipe.cluster.use_gpu else "gloo")
     encoded = ray.get(config["data_ref"])
-    data = TrainData(kind=encoded["kind"], train=encoded["train"], eval=encoded["eval"], pad_id=encoded["pad_id"])
+    data = TrainData(kind=encoded["kind"], train=encoded["train"], eval=encoded["eval"], pad_id=encoded["pad_id"],
+                     retain=encoded.get("retain", []))
     hooks = RunHooks(save_checkpoint=_report_checkpoint, on_step_end=_fault_injector())
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:

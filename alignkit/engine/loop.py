@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,8 @@ def sharded_eval_batches(num_examples: int, batch_size: int, rank: int, world: i
 
 
 # -------------------------------------------------------------------------------------------------------- forward
-SEQUENCES_PER_EXAMPLE = {"pairs": 2, "sft": 1, "unpaired": 1, "reward_pairs": 2}
+SEQUENCES_PER_EXAMPLE = {"pairs": 2, "sft": 1, "unpaired": 1, "reward_pairs": 2, "forget": 1}
+IGNORE = -100
 
 
 def _forward(module, batch: dict, ctx, vocab: bool = False) -> dict[str, torch.Tensor]:
@@ -94,9 +95,44 @@ def _forward(module, batch: dict, ctx, vocab: bool = False) -> dict[str, torch.T
     return result
 
 
-def objective_inputs(objective, module, batch: dict, ctx, reference) -> dict[str, torch.Tensor]:
+def _retain_inputs(objective, module, batch: dict, ctx, reference) -> dict[str, torch.Tensor]:
+    """Retain-batch tensors of a `forget` objective. With `retain_vocab`, one forward gives log-distributions at every
+    non-padding position (prompt included) and, from the same forward, the answer tokens' log-probs."""
+    if "retain_vocab" not in objective.needs:
+        r = _forward(module, batch, ctx)
+        return {"retain_token_logps": r["token_logps"], "retain_token_mask": r["token_mask"].float(),
+                "retain_logps": r["seq_logps"], "retain_lengths": r["lengths"].float()}
+    every = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)}
+    r = _forward(module, every, ctx, vocab=True)
+    is_label = batch["labels"][:, 1:] != IGNORE
+    token_logps = r["token_logps"] * is_label
+    return {"retain_token_logps": token_logps, "retain_token_mask": is_label.float(),
+            "retain_logps": token_logps.sum(-1), "retain_lengths": is_label.sum(-1).float(),
+            "retain_vocab_logps": r["vocab_logps"], "ref_retain_vocab_logps": reference.vocab_logps(every),
+            "retain_vocab_is_label": is_label[r["token_mask"]]}
+
+
+def _forget_inputs(objective, module, batch: dict, ctx, reference, retain_batch: dict | None) -> dict:
+    policy = _forward(module, batch, ctx, vocab="vocab" in objective.needs)
+    out = {"token_logps": policy["token_logps"], "token_mask": policy["token_mask"].float(),
+           "logps": policy["seq_logps"], "lengths": policy["lengths"].float()}
+    if "vocab" in objective.needs:
+        out["vocab_logps"] = policy["vocab_logps"]
+    if reference is not None:
+        out["ref_logps"] = reference.logps(batch)
+        if "ref_token_logps" in objective.needs:
+            out["ref_token_logps"] = reference.token_logps(batch)
+    if "retain" in objective.needs:
+        out.update(_retain_inputs(objective, module, retain_batch, ctx, reference))
+    return out
+
+
+def objective_inputs(objective, module, batch: dict, ctx, reference, retain_batch: dict | None = None
+                     ) -> dict[str, torch.Tensor]:
     """The tensors `objective` consumes for this batch (see objectives/registry.py for each kind)."""
     kind = objective.kind
+    if kind == "forget":
+        return _forget_inputs(objective, module, batch, ctx, reference, retain_batch)
     if kind == "reward_pairs":
         with ctx:
             rewards, reprs = forward_rewards(module, batch["input_ids"], batch["attention_mask"])
@@ -180,17 +216,24 @@ class LiveReference:
 
     def __init__(self, model, ctx, vocab: bool = False):
         self.model, self.ctx, self.vocab = model.eval(), ctx, vocab
-        self._last: tuple[dict, dict] | None = None
+        self._recent: list[tuple[dict, dict]] = []
 
     def _outputs(self, batch: dict) -> dict:
-        # One reference forward per batch, shared by logps() and vocab_logps().
-        if self._last is None or self._last[0] is not batch:
-            with torch.no_grad():
-                self._last = (batch, _forward(self.model, batch, self.ctx, vocab=self.vocab))
-        return self._last[1]
+        # One reference forward per batch, shared by logps(), token_logps() and vocab_logps(); the last two batches
+        # are remembered (a forget batch and its retain batch).
+        for seen, out in self._recent:
+            if seen is batch:
+                return out
+        with torch.no_grad():
+            out = _forward(self.model, batch, self.ctx, vocab=self.vocab)
+        self._recent = [*self._recent[-1:], (batch, out)]
+        return out
 
     def logps(self, batch: dict) -> torch.Tensor:
         return self._outputs(batch)["seq_logps"]
+
+    def token_logps(self, batch: dict) -> torch.Tensor:
+        return self._outputs(batch)["token_logps"]
 
     def vocab_logps(self, batch: dict) -> torch.Tensor:
         return self._outputs(batch)["vocab_logps"]
@@ -243,6 +286,15 @@ class TrainData:
     train: list[dict]
     eval: list[dict]
     pad_id: int
+    retain: list[dict] = field(default_factory=list)  # unlearning objectives that need retain data
+
+
+def retain_batch_for(data: TrainData, count: int, position: int) -> dict | None:
+    """`count` retain examples from position `position` of their own seeded stream (None without retain data)."""
+    if not data.retain:
+        return None
+    picks = stream_indices(len(data.retain), 7919, position, max(1, count))
+    return COLLATORS["sft"]([data.retain[i] for i in picks], data.pad_id)
 
 
 def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, batch_size: int,
@@ -254,9 +306,10 @@ def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, ba
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        for ids in sharded_eval_batches(len(data.eval), batch_size, rank, world):
+        for n, ids in enumerate(sharded_eval_batches(len(data.eval), batch_size, rank, world)):
             batch = collate([data.eval[i] for i in (ids or [0])])
-            inputs = objective_inputs(objective, module, batch, ctx, reference_eval)
+            retain = retain_batch_for(data, len(ids), (n * world + rank) * batch_size)
+            inputs = objective_inputs(objective, module, batch, ctx, reference_eval, retain)
             loss, metrics = objective.loss_fn(inputs, params)
             # Weight by examples; a padding batch (no ids) ran only to keep collective forwards in step.
             sums.add({"loss": loss, **metrics}, scale=len(ids))
@@ -351,7 +404,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
 
     mode = recipe.reference.mode
     if mode == "auto":
-        mode = ("live" if objective.distributions else "precompute") if objective.reference == "required" else "none"
+        mode = ("live" if objective.live_reference else "precompute") if objective.reference == "required" else "none"
     references: dict = {"train": None, "eval": None}
     start = time.perf_counter()
     if mode == "precompute":
@@ -374,7 +427,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     elif mode == "live":
         ref_model = load_causal_lm(recipe.reference.path or recipe.model.path, recipe.model.dtype,
                                    recipe.model.trust_remote_code)
-        references["train"] = references["eval"] = LiveReference(ref_model, ctx, vocab=objective.distributions)
+        references["train"] = references["eval"] = LiveReference(
+            ref_model, ctx, vocab=objective.distributions or "retain_vocab" in objective.needs)
 
     start_step, tokens_seen = 0, 0
     if hooks.resume_dir is not None:
@@ -407,10 +461,14 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     window_tokens = 0
     for step in range(start_step, t.max_steps):
         sums = MetricSums()
-        for ids in worker_micro_batches(len(data.train), recipe.run.seed, step, t.micro_batch_size, t.grad_accum,
-                                        rank, world):
+        micro_batches = worker_micro_batches(len(data.train), recipe.run.seed, step, t.micro_batch_size, t.grad_accum,
+                                             rank, world)
+        for m, ids in enumerate(micro_batches):
             batch = collate([data.train[i] for i in ids])
-            inputs = objective_inputs(objective, backend.module, batch, ctx, reference)
+            # retain examples follow their own stream, at the same position as this worker's forget examples
+            position = ((step * t.grad_accum + m) * world + rank) * t.micro_batch_size
+            retain = retain_batch_for(data, len(ids), position)
+            inputs = objective_inputs(objective, backend.module, batch, ctx, reference, retain)
             loss, metrics = objective.loss_fn(inputs, params)
             if not _all_finite(loss):
                 where = f"non-finite loss at step {step + 1} (this worker's examples: {ids}, worker {rank})"

@@ -25,7 +25,14 @@ from alignkit.errors import RecipeError
 
 Metrics = dict[str, torch.Tensor]
 LossFn = Callable[[dict[str, torch.Tensor], object], tuple[torch.Tensor, Metrics]]
-RecordKind = Literal["pairs", "sft", "unpaired", "reward_pairs"]
+RecordKind = Literal["pairs", "sft", "unpaired", "reward_pairs", "forget"]
+# What a `forget` objective may ask the engine for, besides the forget batch's token/sequence log-probs:
+NEEDS = frozenset({
+    "retain",  # a retain batch beside every forget batch: retain_token_logps, retain_token_mask, retain_logps, ...
+    "vocab",  # vocab_logps [N, V]: the policy's log-distribution at the N forget label positions
+    "retain_vocab",  # retain_vocab_logps and ref_retain_vocab_logps [M, V] at the retain batch's positions
+    "ref_token_logps",  # ref_token_logps [B, T]: the reference's per-token log-probs on the forget batch
+})
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,12 @@ class Objective:
     doc: str = ""
     distributions: bool = False  # needs full-vocabulary log-probs of policy and reference (a live reference)
     metric_names: tuple[str, ...] = ()  # metrics that may be absent from some batches (all workers reduce them)
+    needs: frozenset = frozenset()  # see NEEDS
+
+    @property
+    def live_reference(self) -> bool:
+        """Whether the reference must run beside the policy (more than precomputed sequence log-probs)."""
+        return self.distributions or bool(self.needs & {"retain_vocab", "ref_token_logps"})
 
     def make_params(self, values: dict):
         return self.params_cls(**values)
@@ -47,16 +60,18 @@ _REGISTRY: dict[str, Objective] = {}
 
 
 def register(name: str, *, kind: RecordKind, params: type, reference: Literal["required", "none"] = "none",
-             distributions: bool = False, metric_names: tuple[str, ...] = ()):
+             distributions: bool = False, metric_names: tuple[str, ...] = (), needs: frozenset | set = frozenset()):
     """Decorator: `@register("dpo", kind="pairs", params=DPOParams, reference="required")`."""
     if not dataclasses.is_dataclass(params):
         raise TypeError(f"params of objective {name} must be a dataclass")
+    if set(needs) - NEEDS:
+        raise ValueError(f"objective {name}: unknown needs {sorted(set(needs) - NEEDS)}")
 
     def wrap(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} is registered twice")
         _REGISTRY[name] = Objective(name, kind, reference, params, fn, (fn.__doc__ or "").strip(), distributions,
-                                    metric_names)
+                                    metric_names, frozenset(needs))
         return fn
 
     return wrap
@@ -71,4 +86,4 @@ def get_objective(name: str) -> Objective:
 
 def _load_builtin_objectives() -> None:
     # Importing the modules runs their @register decorators.
-    from alignkit.objectives import dpo, pmpo, reward, sft  # noqa: F401
+    from alignkit.objectives import dpo, pmpo, reward, sft, unlearning  # noqa: F401

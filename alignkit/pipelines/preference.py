@@ -59,6 +59,13 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
                                 hub_config=d.hub_config)
         eval_rows, eval_origin = held_out.rows, held_out.origin
         encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows[:d.eval_size], kind, settings, held_out.origin)
+    encoded_retain = []
+    if "retain" in objective.needs:
+        retain = load_records(d.retain, d.retain_split, "forget", on_bad_row=d.on_bad_row, limit=d.retain_size,
+                              seed=d.seed, hub_config=d.hub_config)
+        encoded_retain, cut_retain = encode_rows(tokenizer, retain.rows, "forget", settings, retain.origin)
+        cut_train += cut_retain
+        log.info("retain data: %d records from %s", len(encoded_retain), retain.origin)
     binning = None
     if kind == "reward_pairs":
         from alignkit.data.spurious import assign_bins, attribute_values, fit_binning
@@ -83,7 +90,8 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
     if cut_train + cut_eval:
         log.warning("%d row(s) truncated to data.max_length=%d / max_prompt_length=%d", cut_train + cut_eval,
                     d.max_length, d.max_prompt_length)
-    encoded = {"kind": kind, "train": encoded_train, "eval": encoded_eval, "pad_id": tokenizer.pad_token_id}
+    encoded = {"kind": kind, "train": encoded_train, "eval": encoded_eval, "pad_id": tokenizer.pad_token_id,
+               "retain": encoded_retain}
     return encoded, {"stats": stats, "eval_rows": _unique_prompts(eval_rows), "binning": binning}
 
 
