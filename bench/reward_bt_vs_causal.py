@@ -17,8 +17,9 @@ from pathlib import Path
 
 RUNS = {
     "bt": ("recipes/reward/bt_builtin.yaml", []),
-    "causal lam 1": ("recipes/reward/causal_builtin.yaml", []),
-    "causal lam 10": ("recipes/reward/causal_builtin.yaml", ["objective.lam=10.0"]),
+    "causal conditional lam 1": ("recipes/reward/causal_builtin.yaml", []),
+    "causal unconditional lam 1": ("recipes/reward/causal_builtin.yaml", ["objective.conditional=false"]),
+    "causal conditional lam 10": ("recipes/reward/causal_builtin.yaml", ["objective.lam=10.0"]),
 }
 COLUMNS = (("in_distribution", "accuracy", "in-dist acc"), ("shifted", "accuracy", "shifted acc"),
            ("shifted", "matched_length_corr", "length corr (matched)"), ("shifted", "cf_delta", "cf Δreward / std"),

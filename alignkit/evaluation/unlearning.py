@@ -1,0 +1,185 @@
+"""Does forgetting hold? The unlearning evaluation suite on one model, from the sets of a forget/retain benchmark
+(TOFU-style QA with paraphrased and perturbed answers, raw-text biographies, never-seen holdout items).
+
+Per model (`evaluate_model`):
+- `forget/prob`, `retain/prob`: mean P̃(answer | question) = exp(-NLL/|answer|).
+- `forget/rouge`, `retain/rouge`: ROUGE-L recall (stemmed) of greedy answers vs the answer (TOFU).
+- `forget/truth_ratio` = mean min(R, 1/R), `retain/truth_ratio` = mean max(0, 1 - R), R = P̃(perturbed) / P̃(paraphrase).
+- `utility`: harmonic mean of retain prob, ROUGE and truth ratio (TOFU's model utility restricted to the retain set;
+  the built-in benchmark has no real-authors / world-facts sets).
+- `forget/knowmem`: ROUGE-L F1 (unstemmed) of greedy answers (MUSE KnowMem); `verbmem`: ROUGE-L F1 of the greedy
+  continuation of the first half of each forget biography vs its second half (MUSE VerbMem).
+- `mia/<attack>`: ROC AUC of LOSS, zlib, Min-40% and Min-40%++ scores of answer tokens separating forget items
+  (members of the target's training data) from holdout items (never seen); 0.5 = indistinguishable.
+Against the retain model (`compare_to_retain`): `forget_quality` (KS p-value of forget truth ratios) and `privleak`
+(MUSE, from Min-40% on forget vs holdout answers).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from alignkit.data.encode import EncodeSettings, collate_sft, encode_forget, render_prompt
+from alignkit.evaluation import unlearning_metrics as um
+
+log = logging.getLogger(__name__)
+
+
+PROBE_SETTINGS = EncodeSettings(256, 128)
+
+
+class ModelProbe:
+    """Log-probabilities and greedy generations of one in-memory causal LM, encoded as in training."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, settings: EncodeSettings = PROBE_SETTINGS):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.batch_size, self.settings = batch_size, settings
+
+    def _token_stats(self, rows: list[dict], vocab: bool = False) -> list[dict]:
+        """Per row: answer-token log-probs (and μ, σ of the next-token distributions for Min-K%++)."""
+        from alignkit.models.logps import forward_token_logps
+
+        encoded = [encode_forget(self.tokenizer, row, self.settings) for row in rows]
+        for i, e in enumerate(encoded):
+            e["index"] = i
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), self.batch_size):
+                batch = collate_sft(encoded[start:start + self.batch_size], self.tokenizer.pad_token_id)
+                result = forward_token_logps(self.model, batch["input_ids"], batch["attention_mask"],
+                                             batch["labels"], return_vocab=vocab)
+                lp, mask = result[0], result[1]
+                offsets = mask.sum(-1).cumsum(0).tolist()
+                for b in range(lp.shape[0]):
+                    item = {"token_logps": lp[b][mask[b]].double().numpy()}
+                    if vocab:
+                        rows_b = result[2][(offsets[b - 1] if b else 0):offsets[b]]
+                        item["mu"], item["sigma"] = um.token_distribution_stats(rows_b)
+                    out.append(item)
+        return out
+
+    def avg_nll(self, questions: list[str], answers: list[str]) -> np.ndarray:
+        rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+                for q, a in zip(questions, answers)]
+        return np.array([-s["token_logps"].mean() for s in self._token_stats(rows)])
+
+    def answer_stats(self, items: list[dict]) -> list[dict]:
+        rows = [{"prompt": [{"role": "user", "content": r["question"]}],
+                 "completion": [{"role": "assistant", "content": r["answer"]}]} for r in items]
+        return self._token_stats(rows, vocab=True)
+
+    def generate(self, prompts: list, max_new_tokens: int = 48) -> list[str]:
+        """Greedy answers to chat prompts (message lists) or continuations of raw strings."""
+        return self.continue_texts([render_prompt(self.tokenizer, p) for p in prompts], max_new_tokens)
+
+    def continue_texts(self, texts: list[str], max_new_tokens: int) -> list[str]:
+        tok = self.tokenizer
+        side, tok.padding_side = tok.padding_side, "left"
+        outs = []
+        try:
+            for i in range(0, len(texts), self.batch_size):
+                enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                with torch.no_grad():
+                    out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=tok.pad_token_id)
+                outs += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        finally:
+            tok.padding_side = side
+        return [t.strip() for t in outs]
+
+
+def _qa_metrics(probe: ModelProbe, items: list[dict], split: str, max_new_tokens: int) -> tuple[dict, dict]:
+    questions = [r["question"] for r in items]
+    nll_answer = probe.avg_nll(questions, [r["answer"] for r in items])
+    nll_para = probe.avg_nll(questions, [r.get("paraphrased_answer", r["answer"]) for r in items])
+    n_pert = min(len(r["perturbed_answer"]) for r in items)
+    flat = probe.avg_nll([q for q in questions for _ in range(n_pert)],
+                         [a for r in items for a in r["perturbed_answer"][:n_pert]])
+    ratios = um.truth_ratio(nll_para, flat.reshape(len(items), n_pert))
+    answers = probe.generate([[{"role": "user", "content": q}] for q in questions], max_new_tokens)
+    metrics = {
+        f"{split}/prob": float(um.normalized_probability(nll_answer).mean()),
+        f"{split}/rouge": float(np.mean([um.rouge_l(r["answer"], a) for r, a in zip(items, answers)])),
+        f"{split}/truth_ratio": um.truth_ratio_metric(ratios, "forget" if split == "forget" else "retain"),
+        f"{split}/knowmem": float(np.mean([um.rouge_l(r["answer"], a, "f1", stemmer=False)
+                                           for r, a in zip(items, answers)])),
+    }
+    return metrics, {f"{split}/truth_ratios": ratios.tolist(), f"{split}/generations": answers}
+
+
+def _verbmem(probe: ModelProbe, texts: list[str], max_new_tokens: int) -> float:
+    tok = probe.tokenizer
+    prompts, targets = [], []
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        half = len(ids) // 2
+        prompts.append(tok.decode(ids[:half]))
+        targets.append(tok.decode(ids[half:]))
+    outs = probe.continue_texts(prompts, max_new_tokens)  # raw text: no chat template
+    return float(np.mean([um.rouge_l(t, o, "f1", stemmer=False) for t, o in zip(targets, outs)]))
+
+
+def _mia(forget_stats: list[dict], holdout_stats: list[dict], forget_items: list[dict],
+         holdout_items: list[dict]) -> tuple[dict, dict]:
+    def scores(stats, items):
+        return {"loss": [um.loss_score(s["token_logps"]) for s in stats],
+                "zlib": [um.zlib_score(s["token_logps"], r["answer"]) for s, r in zip(stats, items)],
+                "mink": [um.min_k(s["token_logps"], 0.4) for s in stats],
+                "minkpp": [um.min_k_plus_plus(s["token_logps"], s["mu"], s["sigma"], 0.4) for s in stats]}
+
+    members, non_members = scores(forget_stats, forget_items), scores(holdout_stats, holdout_items)
+    metrics = {f"mia/{k}": um.roc_auc(np.array(members[k]), np.array(non_members[k])) for k in members}
+    return metrics, {"mink/forget": members["mink"], "mink/holdout": non_members["mink"]}
+
+
+def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], *, max_new_tokens: int = 32,
+                   batch_size: int = 16) -> tuple[dict, dict]:
+    """Metrics (module docstring) and the per-item values that comparisons need. `sets`: forget, retain, holdout
+    (QA items) and optionally forget_text (biographies)."""
+    start = time.perf_counter()
+    probe = ModelProbe(model, tokenizer, batch_size)
+    metrics, details = {}, {}
+    for split in ("forget", "retain"):
+        m, d = _qa_metrics(probe, sets[split], split, max_new_tokens)
+        metrics.update(m)
+        details.update(d)
+    metrics["utility"] = um.model_utility([metrics["retain/prob"], metrics["retain/rouge"],
+                                           metrics["retain/truth_ratio"]])
+    if sets.get("forget_text"):
+        metrics["verbmem"] = _verbmem(probe, [r["text"] for r in sets["forget_text"]], max_new_tokens)
+    if sets.get("holdout"):
+        m, d = _mia(probe.answer_stats(sets["forget"]), probe.answer_stats(sets["holdout"]), sets["forget"],
+                    sets["holdout"])
+        metrics.update(m)
+        details.update(d)
+    log.info("unlearning eval in %.1f s: %s", time.perf_counter() - start,
+             {k: round(v, 3) for k, v in metrics.items()})
+    return metrics, details
+
+
+def compare_to_retain(details: dict, retain_details: dict) -> dict:
+    """Forget quality and PrivLeak of a model against the retain (never saw the forget set) model."""
+    out = {"forget_quality": um.forget_quality(np.array(details["forget/truth_ratios"]),
+                                               np.array(retain_details["forget/truth_ratios"]))}
+    if "mink/forget" in details and "mink/forget" in retain_details:
+        auc_retain, _ = um.privleak(np.array(retain_details["mink/forget"]),
+                                    np.array(retain_details["mink/holdout"]), 1.0)
+        _, leak = um.privleak(np.array(details["mink/forget"]), np.array(details["mink/holdout"]),
+                              max(auc_retain, 1e-6))
+        out["privleak"] = leak
+    return out
+
+
+def quantize_weights_(model, bits: int) -> None:
+    """Round every linear layer's weight to `bits`-bit integers in place (symmetric, per output channel,
+    round-to-nearest), the quantisation attack's 'int8 / int4 RTN'. Embeddings and norms stay full precision."""
+    levels = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight
+                scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / levels
+                w.copy_((w / scale).round().clamp(-levels, levels) * scale)

@@ -1,0 +1,62 @@
+"""The unlearning suite on a real (tiny) model: every metric computed, in range, and consistent with the pure
+metric functions; the quantisation attack rounds weights onto the grid."""
+import numpy as np
+import pytest
+import torch
+
+from alignkit.data.fictitious_authors import fictitious_authors
+from alignkit.evaluation.unlearning import ModelProbe, compare_to_retain, evaluate_model, quantize_weights_
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, tokenizer):
+    from alignkit.models.loading import load_causal_lm
+
+    torch.manual_seed(0)
+    return load_causal_lm(tiny_model_dir).eval(), tokenizer
+
+
+def _sets():
+    return {"forget": fictitious_authors("forget01"), "retain": fictitious_authors("retain99")[:6],
+            "holdout": fictitious_authors("holdout")[:6], "forget_text": fictitious_authors("forget01_text")}
+
+
+def test_evaluate_model_reports_every_metric(tiny):
+    model, tok = tiny
+    metrics, details = evaluate_model(model, tok, _sets(), max_new_tokens=4, batch_size=8)
+    for key in ("forget/prob", "forget/rouge", "forget/truth_ratio", "forget/knowmem", "retain/prob", "retain/rouge",
+                "retain/truth_ratio", "utility", "verbmem", "mia/loss", "mia/zlib", "mia/mink", "mia/minkpp"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert len(details["forget/truth_ratios"]) == 6
+    same = compare_to_retain(details, details)  # a model compared with itself: identical distributions
+    assert same["forget_quality"] == pytest.approx(1.0) and same["privleak"] == pytest.approx(0.0)
+
+
+def test_avg_nll_matches_a_direct_computation(tiny):
+    model, tok = tiny
+    probe = ModelProbe(model, tok)
+    q, a = "Where was Orrin Pendry born?", "Orrin Pendry was born in Oslo."
+    value = probe.avg_nll([q], [a])[0]
+    prompt = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                   tokenize=False)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([tok(full, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logp = model(ids).logits[0, :-1].float().log_softmax(-1)
+    targets = ids[0, 1:]
+    lp = logp.gather(-1, targets[:, None]).squeeze(-1)[len(p_ids) - 1:]
+    assert value == pytest.approx(float(-lp.mean()), abs=1e-4)
+
+
+def test_quantize_weights_rounds_onto_the_grid(tiny):
+    model, _ = tiny
+    import copy
+
+    q = copy.deepcopy(model)
+    quantize_weights_(q, 4)
+    w = q.model.layers[0].mlp.down_proj.weight
+    scale = w.abs().amax(dim=1, keepdim=True) / 7
+    assert torch.allclose(w / scale, (w / scale).round(), atol=1e-4)
+    assert not torch.equal(w, model.model.layers[0].mlp.down_proj.weight)
+    assert np.unique((w / scale).round().detach().numpy()).size <= 15
