@@ -122,6 +122,31 @@ class EvalConfig:
 
 
 @dataclass
+class UnlearnConfig:
+    """Unlearning runs (`forget` objectives): learn -> unlearn -> evaluate, see alignkit/pipelines/unlearn.py."""
+    # learn: fine-tune model.path (SFT) on `learn_split` of data.train into the *target* model, and on
+    # data.retain_split into the *retain* model (forget quality is measured against it). Both are cached by a hash of
+    # what produces them, so a second method on the same benchmark skips this stage.
+    learn: bool = True
+    learn_split: str = "full"
+    learn_steps: int = 150
+    learn_lr: float = 1e-4
+    learn_batch_size: int = 8
+    target_path: str | None = None  # with learn: false, an existing target model (else model.path is the target)
+    retain_model_path: str | None = None  # with learn: false, an existing retain model (none: no forget quality)
+    # Evaluation sets, from data.train's source: the forget set is data.train_split, retain = data.retain_split.
+    holdout_split: str | None = "holdout"  # never-trained items: non-members for membership inference
+    forget_text_split: str | None = "auto"  # raw texts of the forget set for VerbMem; auto = <forget split>_text
+    eval_max_items: int = 60  # per set
+    max_new_tokens: int = 32
+    # Attacks on the unlearned model: relearn = SFT for `relearn_steps` on the first half of the forget items,
+    # then measure the *other* half; quantize = round linear weights to these bit widths (RTN, per channel).
+    relearn_steps: int = 10
+    relearn_lr: float = 1e-5
+    quantize_bits: list[int] = field(default_factory=lambda: [8, 4])
+
+
+@dataclass
 class SweepConfig:
     """`python launch.py RECIPE --sweep`: a Ray Tune search over recipe keys; each trial is a normal run."""
     # {"optim.lr": {"loguniform": [1e-6, 1e-4]}, "objective.beta": {"choice": [0.05, 0.1]},
@@ -149,6 +174,7 @@ class Recipe:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     # Where the recipe came from, for error messages and the run record; not a YAML key.
     source: str = field(default="<dict>", metadata={"internal": True})
 

@@ -8,8 +8,8 @@ import pytest
 from tests.conftest import REPO
 
 
-def launch(*args, timeout=120):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def launch(*args, timeout=120, env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -26,9 +26,20 @@ def assert_clean_error(proc, pattern):
     "recipes/dpo/tiny_debug.yaml", "recipes/pmpo/both_builtin.yaml", "recipes/pmpo/rejected_only_builtin.yaml",
     "recipes/pmpo/accepted_only_builtin.yaml", "recipes/pmpo/kto_mix_hub.yaml", "recipes/sweeps/tiny_lr_beta.yaml",
     "recipes/sweeps/quickstart_lr_beta.yaml", "recipes/reward/bt_builtin.yaml", "recipes/reward/causal_builtin.yaml",
-    "recipes/reward/tiny_debug.yaml", "recipes/reward/causal_ultrafeedback.yaml"])
-def test_shipped_recipes_validate(recipe):
-    proc = launch(recipe, "--dry-run")
+    "recipes/reward/tiny_debug.yaml", "recipes/reward/causal_ultrafeedback.yaml",
+    *[f"recipes/unlearn/{m}_builtin.yaml" for m in ("ga", "grad_diff", "npo", "npo_rt", "simnpo", "catnip")],
+    "recipes/unlearn/tiny_debug.yaml"])
+def test_shipped_recipes_validate(recipe, capsys, monkeypatch):
+    from alignkit.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main([recipe, "--dry-run"]) == 0  # in-process: the same code as `launch.py RECIPE --dry-run`
+    out = capsys.readouterr().out
+    assert "objective:" in out and "global batch" in out
+
+
+def test_dry_run_through_the_launcher():
+    proc = launch("recipes/quickstart.yaml", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "objective:" in proc.stdout and "global batch" in proc.stdout
 

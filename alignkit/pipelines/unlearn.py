@@ -1,0 +1,249 @@
+"""Unlearning: learn -> unlearn -> evaluate, from one recipe.
+
+1. learn (optional, `unlearn.learn`): SFT of model.path on `unlearn.learn_split` of data.train (the *target* model,
+   which has seen the forget set) and on data.retain_split (the *retain* model, the gold standard that never saw it),
+   each through Ray Train, cached in $ALIGNKIT_CACHE/unlearn/ by a hash of everything that produces it.
+2. unlearn: the recipe's objective on the forget set (data.train / train_split), starting from the target model, which
+   is also the reference.
+3. evaluate target, retain and unlearned models with the same suite (evaluation/unlearning.py), plus the attacks on
+   the unlearned model (relearning on half of the forget items, weight quantisation), and write one report.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from alignkit.config.loader import recipe_from_dict, recipe_to_dict
+from alignkit.config.schema import Recipe
+from alignkit.paths import cache_dir
+from alignkit.pipelines.preference import train_stage
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------- learn
+def learn_recipe(recipe: Recipe, split: str, role: str) -> Recipe:
+    """The SFT recipe that makes the target (role `target`, on the learn split) or the retain model."""
+    u = recipe.unlearn
+    d = recipe_to_dict(recipe)
+    d["objective"] = {"name": "sft"}
+    d["data"].update(train_split=split, eval=None, train_size=None, retain=None)
+    d["optim"].update(lr=u.learn_lr, scheduler="constant", warmup_steps=0)
+    d["trainer"].update(max_steps=u.learn_steps, micro_batch_size=max(1, u.learn_batch_size // (
+        recipe.cluster.num_workers * recipe.trainer.grad_accum)), eval_every=0, checkpoint_every=0)
+    d["eval"].update(generate=False)
+    d["sweep"] = {}
+    key = {k: d[k] for k in ("model", "data", "objective", "optim", "trainer")} | {"seed": d["run"]["seed"]}
+    key["trainer"] = {k: v for k, v in key["trainer"].items() if k not in ("progress_bar", "log_every")}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    d["run"].update(name=f"learn_{role}", output_dir=str(cache_dir() / "unlearn" / f"{role}-{digest}"), resume=None,
+                    storage_path=None)
+    return recipe_from_dict(d, source=f"{recipe.source} (learn stage: {role})")
+
+
+def _learned(recipe: Recipe) -> Path:
+    """The final model of a learn recipe, trained unless the cache has it."""
+    out = Path(recipe.output_dir)
+    done = out / "learn_done.json"
+    if done.exists() and (out / "final" / "config.json").exists():
+        log.info("learn stage `%s`: cached at %s", recipe.run.name, out)
+        return out / "final"
+    start = time.perf_counter()
+    train_stage(recipe)
+    done.write_text(json.dumps({"seconds": time.perf_counter() - start}))
+    log.info("learn stage `%s`: trained in %.0f s -> %s", recipe.run.name, time.perf_counter() - start, out)
+    return out / "final"
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+def evaluation_sets(recipe: Recipe) -> dict[str, list[dict]]:
+    """The suite's sets, read in the driver: forget (QA), retain (QA), holdout (QA) and forget_text."""
+    from alignkit.data.sources import load_records
+    from alignkit.errors import DataError
+
+    d, u = recipe.data, recipe.unlearn
+
+    def read(split: str | None, retain: bool = False) -> list[dict]:
+        if not split:
+            return []
+        source = d.retain if retain else d.train
+        return load_records(source, split, "forget", seed=d.seed, hub_config=d.hub_config).rows
+
+    sets = {"forget": read(d.train_split), "retain": read(d.retain_split, retain=True)[:u.eval_max_items]}
+    sets["forget"] = sets["forget"][:u.eval_max_items]
+    if not sets["retain"]:
+        raise DataError("the unlearning evaluation needs retain items: set data.retain and data.retain_split")
+    for name in ("forget", "retain"):
+        missing = [k for k in ("question", "answer", "perturbed_answer") if k not in sets[name][0]]
+        if missing:
+            raise DataError(f"the unlearning evaluation needs TOFU-style QA items; the {name} set lacks {missing}")
+    sets["holdout"] = read(u.holdout_split)[:u.eval_max_items]
+    text_split = f"{d.train_split}_text" if u.forget_text_split == "auto" else u.forget_text_split
+    try:
+        sets["forget_text"] = read(text_split)[:u.eval_max_items]
+    except DataError:
+        if u.forget_text_split != "auto":
+            raise
+        sets["forget_text"] = []
+    return sets
+
+
+def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out: Path) -> dict:
+    """Every model through the suite, and the attacks on the unlearned one. Returns {row name: metrics}."""
+    import torch
+
+    from alignkit.evaluation.unlearning import compare_to_retain, evaluate_model, quantize_weights_
+    from alignkit.models.loading import load_causal_lm, load_tokenizer
+
+    u, c = recipe.unlearn, recipe.cluster
+    torch.set_num_threads(max(1, int(c.cpus_per_worker * c.num_workers)))
+    tokenizer = load_tokenizer(models["unlearned"])
+    kw = dict(max_new_tokens=u.max_new_tokens, batch_size=recipe.eval.batch_size)
+    rows, details = {}, {}
+    for name, path in models.items():
+        model = load_causal_lm(path, recipe.model.dtype)
+        rows[name], details[name] = evaluate_model(model, tokenizer, sets, **kw)
+    unlearned = load_causal_lm(models["unlearned"], recipe.model.dtype)
+    for bits in u.quantize_bits:
+        q = copy.deepcopy(unlearned)
+        quantize_weights_(q, bits)
+        rows[f"unlearned int{bits}"], details[f"unlearned int{bits}"] = evaluate_model(q, tokenizer, sets, **kw)
+    if u.relearn_steps > 0:
+        rows["unlearned + relearn"], details["unlearned + relearn"] = _relearn(recipe, unlearned, tokenizer, sets, out,
+                                                                                kw)
+    if "retain" in details:
+        for name in rows:
+            rows[name].update(compare_to_retain(details[name], details["retain"]))
+    return rows
+
+
+def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) -> tuple[dict, dict]:
+    """Relearning attack: SFT on the forget items of the first half of the forget authors (or items), then the
+    suite on the other half. Runs in this process (a few steps of a small model)."""
+    from alignkit.data.encode import EncodeSettings, encode_rows
+    from alignkit.engine.loop import TrainData, train
+    from alignkit.evaluation.unlearning import evaluate_model
+
+    forget = sets["forget"]
+    groups = sorted({r.get("author", i) for i, r in enumerate(forget)}, key=str)
+    first = set(groups[:max(1, len(groups) // 2)])
+    known = [r for i, r in enumerate(forget) if r.get("author", i) in first]
+    held = [r for i, r in enumerate(forget) if r.get("author", i) not in first] or known
+    d = recipe.data
+    settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
+    encoded, _ = encode_rows(tokenizer, known, "forget", settings, "relearn set")
+    attack = recipe_to_dict(recipe)
+    attack["objective"] = {"name": "sft"}
+    attack["optim"].update(lr=recipe.unlearn.relearn_lr, scheduler="constant", warmup_steps=0)
+    attack["trainer"].update(backend="torch", zero_stage=0, max_steps=recipe.unlearn.relearn_steps,
+                             micro_batch_size=min(len(encoded), 4), grad_accum=1, eval_every=0, checkpoint_every=0,
+                             progress_bar=False, offload_optimizer=False, offload_params=False)
+    attack["cluster"].update(num_workers=1)
+    attack["data"].update(retain=None, eval=None)
+    attack["sweep"] = {}
+    attacked = copy.deepcopy(model)
+    train(recipe_from_dict(attack, source="relearning attack"), TrainData("sft", encoded, [], tokenizer.pad_token_id),
+          out / "relearn", model=attacked)
+    attacked.config.use_cache = True
+    log.info("relearning attack: %d steps on %d forget items; measuring the other %d", recipe.unlearn.relearn_steps,
+             len(known), len(held))
+    metrics, details = evaluate_model(attacked, tokenizer, {**sets, "forget": held}, **kw)
+    return metrics, details
+
+
+# ----------------------------------------------------------------------------------------------------- report
+REPORT_KEYS = ("forget/rouge", "forget/prob", "forget/truth_ratio", "forget/knowmem", "forget_quality", "verbmem",
+               "mia/mink", "mia/minkpp", "mia/loss", "mia/zlib", "privleak", "retain/rouge", "retain/prob",
+               "retain/truth_ratio", "utility")
+
+
+def results_table(rows: dict[str, dict]) -> str:
+    names = list(rows)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in REPORT_KEYS:
+        if any(key in rows[n] for n in names):
+            cells = [f"{rows[n][key]:.3g}" if key in rows[n] else "—" for n in names]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def forget_vs_utility_plot(rows: dict[str, dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, m in rows.items():
+        ax.scatter(m["forget/rouge"], m["utility"], s=40)
+        ax.annotate(name, (m["forget/rouge"], m["utility"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("forget ROUGE-L recall (lower = forgotten)")
+    ax.set_ylabel("model utility (retain set)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -------------------------------------------------------------------------------------------------------- run
+def run(recipe: Recipe) -> Path:
+    import ray
+
+    from alignkit.distributed.ray_train import ensure_ray
+    from alignkit.evaluation.report import write_report
+    from alignkit.models.loading import check_model_source
+
+    u = recipe.unlearn
+    check_model_source(recipe.model.path)
+    sets = evaluation_sets(recipe)  # bad data fails before any training
+    ensure_ray()
+    stage_seconds = {}
+    start = time.perf_counter()
+    retain_model = None
+    if u.learn:
+        target = str(_learned(learn_recipe(recipe, u.learn_split, "target")))
+        retain_model = str(_learned(learn_recipe(recipe, recipe.data.retain_split, "retain")))
+    else:
+        target = u.target_path or recipe.model.path
+        retain_model = u.retain_model_path
+    stage_seconds["learn (or cache)"] = time.perf_counter() - start
+
+    unlearn = recipe_to_dict(recipe)
+    unlearn["model"]["path"] = target
+    unlearn["reference"]["path"] = None  # the target is the reference
+    unlearn_recipe = recipe_from_dict(unlearn, source=recipe.source)
+    start = time.perf_counter()
+    trained = train_stage(unlearn_recipe, stale=("report.md", "unlearning_eval.json", "forget_vs_utility.png"))
+    stage_seconds["unlearn"] = time.perf_counter() - start
+
+    out = trained.out
+    models = {"target": target, **({"retain": retain_model} if retain_model else {}),
+              "unlearned": str(out / "final")}
+    c = recipe.cluster
+    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(evaluate_checkpoints)
+    start = time.perf_counter()
+    rows = ray.get(task.remote(unlearn_recipe, models, sets, out))
+    stage_seconds["evaluate + attacks"] = time.perf_counter() - start
+    (out / "unlearning_eval.json").write_text(json.dumps({"models": models, "metrics": rows}, indent=1))
+    plot = forget_vs_utility_plot(rows, out / "forget_vs_utility.png")
+    section = ["## Unlearning evaluation", "",
+               f"Forget set: {len(sets['forget'])} items of `{recipe.data.train}` split `{recipe.data.train_split}`; "
+               f"retain: {len(sets['retain'])}; holdout (non-members): {len(sets['holdout'])}. Attacks: relearning = "
+               f"{u.relearn_steps} SFT steps at lr {u.relearn_lr} on the first half of the forget authors, measured on "
+               f"the other half; intN = linear weights rounded to N bits (RTN, per channel). Metric definitions: "
+               "alignkit/evaluation/unlearning.py.", "", results_table(rows), ""]
+    if plot:
+        section += [f"![forget vs utility]({plot.name})", ""]
+    facts = trained.facts(unlearn_recipe) | {f"{k} wall time": f"{v:.0f} s" for k, v in stage_seconds.items()}
+    facts["models"] = ", ".join(f"{k}: {v}" for k, v in models.items())
+    report = write_report(out, {"title": f"alignkit unlearning run `{recipe.run.name}`", "facts": facts}, None, [],
+                          sections=section)
+    log.info("report: %s", report)
+    return out

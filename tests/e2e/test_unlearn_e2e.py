@@ -1,0 +1,50 @@
+"""The unlearning pipeline end to end through the CLI on tiny-llama: NPO+RT in 2 Ray Train workers (DeepSpeed
+ZeRO-2), then the suite on target / retain / unlearned models and both attacks, one report. The default run skips
+the learn stage (target and retain = the tiny model); the slow test runs it and checks the cache."""
+import json
+
+import pytest
+
+from tests.e2e.test_cli import assert_clean_error, launch
+
+ROWS = {"target", "retain", "unlearned", "unlearned int8", "unlearned int4", "unlearned + relearn"}
+
+
+def test_tiny_unlearning_run_without_learn_stage(tmp_path):
+    out = tmp_path / "run"
+    proc = launch("recipes/unlearn/tiny_debug.yaml", f"run.output_dir={out}", "unlearn.learn=false",
+                  "unlearn.retain_model_path=builtin:tiny-llama", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "unlearning_eval.json").read_text())
+    assert set(result["metrics"]) == ROWS
+    target, retain = result["metrics"]["target"], result["metrics"]["retain"]
+    assert target["forget_quality"] == pytest.approx(1.0)  # the same model as the retain model here
+    assert retain["forget/prob"] == pytest.approx(target["forget/prob"])
+    unlearned = result["metrics"]["unlearned"]
+    assert unlearned["forget/prob"] < target["forget/prob"]  # NPO lowered the forget answers' probability
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["eval/npo_loss"] == pytest.approx(20 * 0.693147, abs=1e-3)
+    report = (out / "report.md").read_text()
+    assert "## Unlearning evaluation" in report and "| forget_quality |" in report
+    assert (out / "forget_vs_utility.png").exists()
+
+
+def test_unlearning_recipe_on_data_without_tofu_fields(tmp_path):
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text('{"question": "q1", "answer": "a1"}\n{"question": "q2", "answer": "a2"}\n')
+    assert_clean_error(launch("recipes/unlearn/tiny_debug.yaml", f"data.train={forget}", "data.train_split=train",
+                              f"run.output_dir={tmp_path}/run", "unlearn.learn=false"),
+                       "lacks ['perturbed_answer']")
+
+
+@pytest.mark.slow
+def test_tiny_unlearning_run_with_learn_stage_and_cache(tmp_path):
+    env_cache = tmp_path / "cache"
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}"
+        proc = launch("recipes/unlearn/tiny_debug.yaml", f"run.output_dir={out}", timeout=900,
+                      env={"ALIGNKIT_CACHE": str(env_cache)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert set(json.loads((out / "unlearning_eval.json").read_text())["metrics"]) == ROWS
+    # the second run found both learned models in the cache
+    assert proc.stderr.count("cached at") == 2
