@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -17,9 +18,10 @@ from pathlib import Path
 
 RUNS = {
     "bt": ("recipes/reward/bt_builtin.yaml", []),
-    "causal conditional lam 1": ("recipes/reward/causal_builtin.yaml", []),
-    "causal unconditional lam 1": ("recipes/reward/causal_builtin.yaml", ["objective.conditional=false"]),
-    "causal conditional lam 10": ("recipes/reward/causal_builtin.yaml", ["objective.lam=10.0"]),
+    "causal, repr, conditional, lam 1": ("recipes/reward/causal_builtin.yaml", ["objective.features=repr"]),
+    "causal, reward, conditional, lam 1": ("recipes/reward/causal_builtin.yaml", ["objective.features=reward"]),
+    "causal, reward, unconditional, lam 1": ("recipes/reward/causal_builtin.yaml",
+                                             ["objective.features=reward", "objective.conditional=false"]),
 }
 COLUMNS = (("in_distribution", "accuracy", "in-dist acc"), ("shifted", "accuracy", "shifted acc"),
            ("shifted", "matched_length_corr", "length corr (matched)"), ("shifted", "cf_delta", "cf Δreward / std"),
@@ -33,16 +35,19 @@ def slug(name: str) -> str:
 
 
 def table(root: Path) -> str:
-    lines = ["| reward model | " + " | ".join(c[2] for c in COLUMNS) + " | wall s |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = ["| reward model | " + " | ".join(c[2] for c in COLUMNS) + " | median s/step | wall s |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
     for name in RUNS:
         d = root / slug(name)
         if not (d / "reward_eval.json").exists():
-            lines.append(f"| {name} | (not run) |" + " |" * len(COLUMNS))
+            lines.append(f"| {name} | (not run) |" + " |" * (len(COLUMNS) + 1))
             continue
         r = json.loads((d / "reward_eval.json").read_text())
         wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
-        lines.append(f"| {name} | " + " | ".join(f"{r[s][k]:.3f}" for s, k, _ in COLUMNS) + f" | {wall} |")
+        steps = [json.loads(x).get("time/step_s") for x in (d / "metrics.jsonl").read_text().splitlines()]
+        median = statistics.median(s for s in steps if s is not None)
+        lines.append(f"| {name} | " + " | ".join(f"{r[s][k]:.3f}" for s, k, _ in COLUMNS)
+                     + f" | {median:.1f} | {wall} |")
     return "\n".join(lines)
 
 

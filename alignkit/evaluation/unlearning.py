@@ -40,9 +40,12 @@ class ModelProbe:
 
     def _token_stats(self, rows: list[dict], vocab: bool = False) -> list[dict]:
         """Per row: answer-token log-probs (and μ, σ of the next-token distributions for Min-K%++)."""
+
+        return self._encoded_stats([encode_forget(self.tokenizer, row, self.settings) for row in rows], vocab)
+
+    def _encoded_stats(self, encoded: list[dict], vocab: bool = False) -> list[dict]:
         from alignkit.models.logps import forward_token_logps
 
-        encoded = [encode_forget(self.tokenizer, row, self.settings) for row in rows]
         for i, e in enumerate(encoded):
             e["index"] = i
         out = []
@@ -65,6 +68,11 @@ class ModelProbe:
         rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
                 for q, a in zip(questions, answers)]
         return np.array([-s["token_logps"].mean() for s in self._token_stats(rows)])
+
+    def sequence_logps(self, prompts: list, completions: list) -> np.ndarray:
+        """Summed log-probs of each completion given its prompt (chat-templated when the prompt is a message list)."""
+        rows = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
+        return np.array([s["token_logps"].sum() for s in self._token_stats(rows)])
 
     def answer_stats(self, items: list[dict]) -> list[dict]:
         rows = [{"prompt": [{"role": "user", "content": r["question"]}],
@@ -158,6 +166,30 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], *, max_new_tok
     log.info("unlearning eval in %.1f s: %s", time.perf_counter() - start,
              {k: round(v, 3) for k, v in metrics.items()})
     return metrics, details
+
+
+def multiple_choice_accuracy(probe: ModelProbe, items: list[dict], normalize: bool = False) -> float:
+    """Accuracy of picking the choice with the highest log-likelihood given the question (how WMDP and MMLU are
+    scored by log-likelihood harnesses). items: {question, choices: [str], answer: index of the right choice}.
+    The prompt is the question followed by "Answer:"; each choice is scored as " <choice>" (summed log-prob, or per
+    token with `normalize`)."""
+    prompts, completions = [], []
+    for item in items:
+        for choice in item["choices"]:
+            prompts.append(f"{item['question'].strip()}\nAnswer:")
+            completions.append(f" {choice}")
+    tok = probe.tokenizer
+    # no EOS after the choice (unlike training data): only the choice's own tokens are scored
+    stats = probe._encoded_stats([{"prompt_ids": tok(p, add_special_tokens=False)["input_ids"],
+                                   "completion_ids": tok(c, add_special_tokens=False)["input_ids"]}
+                                  for p, c in zip(prompts, completions)])
+    scores = [s["token_logps"].mean() if normalize else s["token_logps"].sum() for s in stats]
+    right, k = 0, 0
+    for item in items:
+        n = len(item["choices"])
+        right += int(np.argmax(scores[k:k + n]) == int(item["answer"]))
+        k += n
+    return right / max(1, len(items))
 
 
 def compare_to_retain(details: dict, retain_details: dict) -> dict:

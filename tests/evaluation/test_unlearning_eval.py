@@ -60,3 +60,26 @@ def test_quantize_weights_rounds_onto_the_grid(tiny):
     assert torch.allclose(w / scale, (w / scale).round(), atol=1e-4)
     assert not torch.equal(w, model.model.layers[0].mlp.down_proj.weight)
     assert np.unique((w / scale).round().detach().numpy()).size <= 15
+
+
+def test_multiple_choice_accuracy_follows_the_likelihoods(tiny):
+    from alignkit.evaluation.unlearning import multiple_choice_accuracy
+
+    model, tok = tiny
+    probe = ModelProbe(model, tok)
+    items = [{"question": "Which color is the sky?", "choices": ["blue", "green", "red", "a very long answer here"],
+              "answer": 0}, {"question": "2 + 2 =", "choices": ["4", "5"], "answer": 1}]
+    def score(prompt, choice):  # direct: log-probs of the choice tokens only, no EOS
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + tok(choice, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logp = model(ids).logits[0, :-1].float().log_softmax(-1)
+        return float(logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(p_ids) - 1:].sum())
+
+    scores = [[score("Which color is the sky?\nAnswer:", f" {c}") for c in items[0]["choices"]],
+              [score("2 + 2 =\nAnswer:", f" {c}") for c in items[1]["choices"]]]
+    expected = np.mean([int(np.argmax(s) == item["answer"]) for s, item in zip(scores, items)])
+    assert multiple_choice_accuracy(probe, items) == pytest.approx(expected)
+    # relabelling the right answer to the model's favourite makes it 100%
+    fav = [{**item, "answer": int(np.argmax(s))} for s, item in zip(scores, items)]
+    assert multiple_choice_accuracy(probe, fav) == 1.0
