@@ -18,10 +18,15 @@ from pathlib import Path
 
 RUNS = {
     "bt": ("recipes/reward/bt_builtin.yaml", []),
-    "causal, repr, conditional, lam 1": ("recipes/reward/causal_builtin.yaml", ["objective.features=repr"]),
-    "causal, reward, conditional, lam 1": ("recipes/reward/causal_builtin.yaml", ["objective.features=reward"]),
-    "causal, reward, unconditional, lam 1": ("recipes/reward/causal_builtin.yaml",
-                                             ["objective.features=reward", "objective.conditional=false"]),
+    "causal, repr, conditional, lam 1": ("recipes/reward/causal_builtin.yaml",
+                                         ["objective.features=repr", "objective.estimator=biased",
+                                          "data.spurious_bins=4"]),
+    "causal, reward, conditional, unbiased, 2 bins, lam 1": ("recipes/reward/causal_builtin.yaml",
+                                                             ["objective.features=reward",
+                                                              "objective.estimator=unbiased", "data.spurious_bins=2"]),
+    "causal, repr, conditional, unbiased, 2 bins, lam 1": ("recipes/reward/causal_builtin.yaml",
+                                                           ["objective.features=repr", "objective.estimator=unbiased",
+                                                            "data.spurious_bins=2"]),
 }
 COLUMNS = (("in_distribution", "accuracy", "in-dist acc"), ("shifted", "accuracy", "shifted acc"),
            ("shifted", "matched_length_corr", "length corr (matched)"), ("shifted", "cf_delta", "cf Δreward / std"),

@@ -37,11 +37,21 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
 
 
-def rbf_mmd2(a: torch.Tensor, b: torch.Tensor, bandwidth: float | torch.Tensor) -> torch.Tensor:
-    """Biased (V-statistic) MMD² with the Gaussian kernel exp(-||x-y||² / (2 s²)); a [n, d], b [m, d]."""
+def _within_mean(k: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    if not unbiased:
+        return k.mean()
+    n = k.shape[0]
+    return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
+
+
+def rbf_mmd2(a: torch.Tensor, b: torch.Tensor, bandwidth: float | torch.Tensor,
+             unbiased: bool = False) -> torch.Tensor:
+    """MMD² with the Gaussian kernel exp(-||x-y||² / (2 s²)); a [n, d], b [m, d]. Biased V-statistic (the spec's
+    choice), or the unbiased U-statistic (within-sample means skip the diagonal; needs n, m >= 2), whose expectation is
+    0 when both samples come from one distribution, so small bins add no constant positive term."""
     gamma = 1.0 / (2.0 * bandwidth * bandwidth)
-    k_aa = torch.exp(-gamma * squared_distances(a, a)).mean()
-    k_bb = torch.exp(-gamma * squared_distances(b, b)).mean()
+    k_aa = _within_mean(torch.exp(-gamma * squared_distances(a, a)), unbiased)
+    k_bb = _within_mean(torch.exp(-gamma * squared_distances(b, b)), unbiased)
     k_ab = torch.exp(-gamma * squared_distances(a, b)).mean()
     return k_aa + k_bb - 2.0 * k_ab
 
@@ -54,18 +64,20 @@ def median_bandwidth(g: torch.Tensor) -> torch.Tensor:
 
 
 def invariance_penalty(g: torch.Tensor, bins: torch.Tensor, bandwidth: float | None = None,
-                       compare: Literal["complement", "all"] = "complement") -> tuple[torch.Tensor, int]:
+                       compare: Literal["complement", "all"] = "complement",
+                       estimator: Literal["biased", "unbiased"] = "biased") -> tuple[torch.Tensor, int]:
     """Σ over bins m present in the batch of MMD²(g | z in bin m, g | z not in bin m) (or vs the whole batch).
 
-    Returns the penalty and how many bin terms it summed (a term needs samples on both sides). Relabelling the bins
-    changes nothing: only the partition matters."""
+    Returns the penalty and how many bin terms it summed (a term needs samples on both sides: 1 each for the biased
+    estimator, 2 for the unbiased one). Relabelling the bins changes nothing: only the partition matters."""
     s = median_bandwidth(g) if bandwidth is None else bandwidth
+    need = 2 if estimator == "unbiased" else 1
     total, terms = g.new_zeros(()), 0
     for m in torch.unique(bins):
         inside = bins == m
         other = g[~inside] if compare == "complement" else g
-        if inside.any() and len(other) > 0:
-            total = total + rbf_mmd2(g[inside], other, s)
+        if int(inside.sum()) >= need and len(other) >= need:
+            total = total + rbf_mmd2(g[inside], other, s, unbiased=estimator == "unbiased")
             terms += 1
     return total, terms
 
@@ -88,6 +100,8 @@ class CausalRMParams(BTParams):
     features: Literal["repr", "reward"] = "repr"  # compare representations (default) or scalar rewards across bins
     compare: Literal["complement", "all"] = "complement"  # bin m vs the other bins, or vs the whole batch
     bandwidth: float | None = None  # RBF bandwidth; None = median heuristic per batch
+    # biased V-statistic (the spec's choice) or unbiased U-statistic (no positive small-bin bias; bins need >= 2)
+    estimator: Literal["biased", "unbiased"] = "biased"
 
     def __post_init__(self):
         super().__post_init__()
@@ -126,5 +140,5 @@ def causal_rm(inputs: dict, p: CausalRMParams):
     groups = [(g_w, b_w), (g_l, b_l)] if p.conditional else [(torch.cat([g_w, g_l]), torch.cat([b_w, b_l]))]
     penalty = bt.new_zeros(())
     for g, bins in groups:
-        penalty = penalty + invariance_penalty(g, bins, p.bandwidth, p.compare)[0]
+        penalty = penalty + invariance_penalty(g, bins, p.bandwidth, p.compare, p.estimator)[0]
     return bt + p.lam * penalty, {"bt_loss": bt.detach(), "mmd": penalty.detach(), **metrics}

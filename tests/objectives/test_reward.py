@@ -147,3 +147,18 @@ def test_bt_accuracy_metric_and_centering():
 def test_bad_params_are_rejected(params):
     with pytest.raises(ValueError):
         CausalRMParams(**params)
+
+
+def test_unbiased_estimator_drops_the_diagonal():
+    a, b = T([[0.0], [1.0]]), T([[2.0], [3.0]])
+    k = [[math.exp(-((x - y) ** 2) / 2) for y in (0, 1, 2, 3)] for x in (0, 1, 2, 3)]
+    direct = k[0][1] + k[2][3] - 2 * (k[0][2] + k[0][3] + k[1][2] + k[1][3]) / 4
+    assert float(rbf_mmd2(a, b, 1.0, unbiased=True)) == pytest.approx(direct, abs=1e-6)
+    # one distribution, large samples: unbiased ~ 0, biased clearly > 0 for small bins
+    torch.manual_seed(5)
+    x, y = torch.randn(400, 2), torch.randn(3, 2)
+    assert abs(float(rbf_mmd2(x[:200], x[200:], 1.0, unbiased=True))) < 0.02
+    assert float(rbf_mmd2(y, x, 1.0)) > float(rbf_mmd2(y, x, 1.0, unbiased=True))
+    # a bin with one sample has no unbiased term
+    value, terms = invariance_penalty(torch.randn(5, 2), T([0, 1, 1, 1, 1]), 1.0, estimator="unbiased")
+    assert terms == 0 and float(value) == 0.0
