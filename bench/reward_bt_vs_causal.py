@@ -24,9 +24,9 @@ RUNS = {
     "causal, reward, conditional, unbiased, 2 bins, lam 1": ("recipes/reward/causal_builtin.yaml",
                                                              ["objective.features=reward",
                                                               "objective.estimator=unbiased", "data.spurious_bins=2"]),
-    "causal, repr, conditional, unbiased, 2 bins, lam 1": ("recipes/reward/causal_builtin.yaml",
-                                                           ["objective.features=repr", "objective.estimator=unbiased",
-                                                            "data.spurious_bins=2"]),
+    "causal, reward, conditional, 2 bins, lam 1": ("recipes/reward/causal_builtin.yaml",
+                                                   ["objective.features=reward", "objective.estimator=biased",
+                                                    "data.spurious_bins=2"]),
 }
 COLUMNS = (("in_distribution", "accuracy", "in-dist acc"), ("shifted", "accuracy", "shifted acc"),
            ("shifted", "matched_length_corr", "length corr (matched)"), ("shifted", "cf_delta", "cf Δreward / std"),

@@ -64,6 +64,7 @@ def ray_head(tmp_path):
                 continue
 
 
+@pytest.mark.slow  # ~105 s (its own Ray head); the default suite keeps under 10 minutes on 2 cores
 def test_job_submit_runs_a_recipe(ray_head, tmp_path):
     address, env = ray_head
     out = tmp_path / "run"
