@@ -21,6 +21,9 @@ def test_items_carry_tofu_fields_and_are_deterministic():
     for row in rows:
         assert row["answer"] not in row["perturbed_answer"] and len(set(row["perturbed_answer"])) == 3
         assert row["author"] in row["question"] and row["paraphrased_answer"] != row["answer"]
+        # perturbed answers are the paraphrase with another value: same words except the value
+        para, pert = row["paraphrased_answer"].split(), row["perturbed_answer"][0].split()
+        assert len(set(para) ^ set(pert)) <= 8 and row["perturbed_answer"][0] != row["paraphrased_answer"]
     # the same item has the same perturbed answers in every split it appears in
     full = {r["question"]: r for r in fictitious_authors("full")}
     assert all(full[r["question"]] == r for r in rows)
