@@ -1,19 +1,17 @@
 """DPO on pairs vs PMPO on the same data unpaired (both sides, rejected only, accepted only) and PMPO rejected-only
 without the KL term (beta = 0), all on SmolLM2-135M-Instruct with the built-in data; one command, one table.
 
-    python bench/pmpo_vs_dpo.py [--steps 20] [extra a.b=c overrides for every run]
+    python bench/pmpo_vs_dpo.py [--only NAME ...] [--table-only] [extra a.b=c overrides for every run]
 
 Each run is a normal `launch.py` run in runs/pmpo_vs_dpo/<name>; the table reads their behaviour.json and
 metrics.jsonl, so `--table-only` re-prints it without training.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+import _runs  # bench/_runs.py: the shared run loop
 
 RUNS = {
     "dpo (pairs)": ("recipes/quickstart.yaml", []),
@@ -28,9 +26,6 @@ RUNS = {
 }
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
 
 def last_eval(run_dir: Path) -> dict:
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -42,7 +37,7 @@ def table(root: Path) -> str:
     lines = ["| run | format (start → after) | correct | words | KL(ref‖π) per response | "
              "log π accepted / rejected (held-out) | wall s |", "|---|---|---|---|---|---|---|"]
     for name in RUNS:
-        d = root / slug(name)
+        d = root / _runs.slug(name)
         if not (d / "behaviour.json").exists():
             lines.append(f"| {name} | (not run) | | | | | |")
             continue
@@ -62,29 +57,5 @@ def table(root: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="runs/pmpo_vs_dpo")
-    p.add_argument("--only", nargs="*", help="run only these names")
-    p.add_argument("--table-only", action="store_true")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
-    root = Path(args.root)
-    if not args.table_only:
-        for name, (recipe, extra) in RUNS.items():
-            if args.only and name not in args.only:
-                continue
-            out = root / slug(name)
-            start = time.perf_counter()
-            print(f"== {name}: {recipe} {' '.join(extra + args.overrides)}", flush=True)
-            proc = subprocess.run([sys.executable, "launch.py", recipe, f"run.output_dir={out}", *extra,
-                                   *args.overrides], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if proc.returncode:
-                print(proc.stderr[-2000:], file=sys.stderr)
-                continue
-            (out / "wall_s").write_text(f"{time.perf_counter() - start:.0f}\n")
-    print(table(root))
-
-
 if __name__ == "__main__":
-    main()
+    _runs.main(__doc__, "runs/pmpo_vs_dpo", RUNS, table, common=())

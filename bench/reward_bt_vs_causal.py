@@ -8,13 +8,11 @@ Each run is a normal `launch.py` run in runs/reward_bt_vs_causal/<name>; the tab
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+import _runs  # bench/_runs.py: the shared run loop
 
 RUNS = {
     "bt": ("recipes/reward/bt_builtin.yaml", []),
@@ -35,15 +33,12 @@ COLUMNS = (("in_distribution", "accuracy", "in-dist acc"), ("shifted", "accuracy
            ("shifted", "bon_padded", "best-of-6 padded"))
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
 
 def table(root: Path) -> str:
     lines = ["| reward model | " + " | ".join(c[2] for c in COLUMNS) + " | median s/step | wall s |",
              "|---" * (len(COLUMNS) + 3) + "|"]
     for name in RUNS:
-        d = root / slug(name)
+        d = root / _runs.slug(name)
         if not (d / "reward_eval.json").exists():
             lines.append(f"| {name} | (not run) |" + " |" * (len(COLUMNS) + 1))
             continue
@@ -56,31 +51,5 @@ def table(root: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="runs/reward_bt_vs_causal")
-    p.add_argument("--only", nargs="*", help="run only these names")
-    p.add_argument("--table-only", action="store_true")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
-    root = Path(args.root)
-    if not args.table_only:
-        for name, (recipe, extra) in RUNS.items():
-            if args.only and name not in args.only:
-                continue
-            out = root / slug(name)
-            start = time.perf_counter()
-            print(f"== {name}: {recipe} {' '.join(extra + args.overrides)}", flush=True)
-            proc = subprocess.run([sys.executable, "launch.py", recipe, f"run.output_dir={out}", *extra,
-                                   "trainer.progress_bar=false", *args.overrides], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-            if proc.returncode:
-                print(proc.stderr[-2000:], file=sys.stderr)
-                continue
-            (out / "wall_s").write_text(f"{time.perf_counter() - start:.0f}\n")
-            print(table(root), flush=True)
-    print(table(root))
-
-
 if __name__ == "__main__":
-    main()
+    _runs.main(__doc__, "runs/reward_bt_vs_causal", RUNS, table, common=("trainer.progress_bar=false",))

@@ -282,8 +282,8 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
          f"objective `{objective.name}` needs the reference's per-token log-probs or distributions, which precompute "
          "does not keep; use live or auto")
     need(d.spurious_bins >= 2, "data.spurious_bins", f"must be >= 2, got {d.spurious_bins}")
-    need(recipe.eval.suite is None or objective.kind == "reward_pairs", "eval.suite",
-         "evaluation suites are for reward models (objective kind reward_pairs)")
+    need(recipe.eval.suite is None or objective.kind in ("reward_pairs", "forget"), "eval.suite",
+         "evaluation suites are for reward models (evals/reward.yaml) and unlearning (evals/unlearning*.yaml)")
     need(recipe.eval.num_prompts > 0 and recipe.eval.batch_size > 0 and recipe.eval.max_new_tokens > 0,
          "eval", "num_prompts, batch_size and max_new_tokens must be > 0")
 

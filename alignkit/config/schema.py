@@ -56,6 +56,8 @@ class DataConfig:
     retain: str | None = None
     retain_split: str = "train"
     retain_size: int | None = None
+    # IdkDPO / answer preservation: "I don't know" answers (JSONL {"text"} rows or a JSON list); null = built-in set
+    idk_answers: str | None = None
     # Reward models (`reward_pairs` data): the spurious attribute of a response that a causal reward model must be
     # invariant to: `length` (in tokens) or `field` (the records' z_chosen / z_rejected), and how many bins it is cut
     # into (quantiles of the training set for numbers; categories get a bin each). See alignkit/data/spurious.py.
@@ -78,6 +80,9 @@ class OptimConfig:
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # Regexes over parameter names: only matching parameters train (e.g. RMU's
+    # ["layers\\.(5|6|7)\\.mlp\\.down_proj\\.weight"]); empty = all parameters.
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,19 +123,19 @@ class EvalConfig:
     compare_to_start: bool = True  # also evaluate the starting model, so the report shows before vs after
     # Reward models: the evaluation suite run on the trained model (held-out sets incl. distribution-shifted ones,
     # counterfactual length edits, best-of-n selection, calibration). See evals/reward.yaml.
+    # Unlearning: the sets of the forget/retain evaluation (evals/unlearning*.yaml); default: from the recipe's data.
     suite: str | None = None
 
 
 @dataclass
 class UnlearnConfig:
     """Unlearning runs (`forget` objectives): learn -> unlearn -> evaluate, see alignkit/pipelines/unlearn.py."""
-    # learn: fine-tune model.path (SFT) on `learn_split` of data.train into the *target* model, and on
-    # data.retain_split into the *retain* model (forget quality is measured against it). Both are cached by a hash of
-    # what produces them, so a second method on the same benchmark skips this stage.
+    # learn: fine-tune model.path (SFT) on the forget set + the retain set (data.retain_split, first data.retain_size
+    # items) into the *target* model, and on that retain set only into the *retain* model (forget quality is measured
+    # against it). Both are cached by a hash of what produces them, so a second method on the benchmark skips this.
     learn: bool = True
-    learn_split: str = "full"
-    learn_steps: int = 150
-    learn_lr: float = 1e-4
+    learn_epochs: float = 14  # passes over each model's learn data (random facts need many, see README)
+    learn_lr: float = 3e-4
     learn_batch_size: int = 8
     target_path: str | None = None  # with learn: false, an existing target model (else model.path is the target)
     retain_model_path: str | None = None  # with learn: false, an existing retain model (none: no forget quality)

@@ -85,7 +85,11 @@ def encode_forget(tokenizer, row: dict, s: EncodeSettings) -> dict:
     if row.get("raw_text"):
         ids = _ids(tokenizer, row["completion"] + (tokenizer.eos_token or ""))
         return {"prompt_ids": [], "completion_ids": ids[:s.max_length], "truncated": len(ids) > s.max_length}
-    return encode_sft(tokenizer, row, s)
+    example = encode_sft(tokenizer, row, s)
+    if "idk_completion" in row:  # IdkDPO / answer preservation: the same prompt with an "I don't know" answer
+        idk = encode_sft(tokenizer, {**row, "completion": row["idk_completion"]}, s)
+        example.update(idk_prompt_ids=idk["prompt_ids"], idk_completion_ids=idk["completion_ids"])
+    return example
 
 
 def encode_unpaired(tokenizer, row: dict, s: EncodeSettings) -> dict:
@@ -142,6 +146,15 @@ def collate_sft(examples: list[dict], pad_id: int) -> dict:
     return batch
 
 
+def collate_forget(examples: list[dict], pad_id: int) -> dict:
+    """Forget/retain batches; with IDK answers attached, `batch["idk"]` is the same prompts with those answers."""
+    batch = collate_sft(examples, pad_id)
+    if "idk_completion_ids" in examples[0]:
+        batch["idk"] = collate_sft([{"prompt_ids": e["idk_prompt_ids"], "completion_ids": e["idk_completion_ids"],
+                                     "index": e["index"]} for e in examples], pad_id)
+    return batch
+
+
 def collate_unpaired(examples: list[dict], pad_id: int) -> dict:
     batch = collate_sft(examples, pad_id)
     batch["label"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
@@ -158,4 +171,4 @@ def collate_reward_pairs(examples: list[dict], pad_id: int) -> dict:
 
 
 COLLATORS = {"pairs": collate_pairs, "sft": collate_sft, "unpaired": collate_unpaired,
-             "reward_pairs": collate_reward_pairs, "forget": collate_sft}
+             "reward_pairs": collate_reward_pairs, "forget": collate_forget}

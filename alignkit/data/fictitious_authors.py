@@ -2,7 +2,8 @@
 
 100 fictitious authors (plus 10 held-out authors no model is trained on), each with six attributes and one question
 per attribute. Every QA item carries TOFU's fields: `question`, `answer`, `paraphrased_answer` (same fact, other
-words) and `perturbed_answer` (3 copies of the paraphrase with a wrong value), plus `author`. Each author also has a
+words) and `perturbed_answer` (3 copies of the paraphrase with a wrong value), plus `author`, `attribute` and `fact`
+(the attribute's value, which the `fact` metric looks for in a greedy answer). Each author also has a
 raw-text biography (`text`) stating the same facts, for verbatim-memorisation and membership-inference metrics.
 
 Splits (QA unless noted): `full` (all 600 items of the 100 authors: what the target model learns), `forget01` /
@@ -88,7 +89,7 @@ def _qa_items(author: dict, rng: random.Random) -> list[dict]:
         # with like (the trained answer template would otherwise win over any paraphrase).
         items.append({"question": q, "answer": a, "paraphrased_answer": paraphrase.format(n=n, v=author[attr]),
                       "perturbed_answer": [paraphrase.format(n=n, v=w) for w in wrong], "author": n,
-                      "attribute": attr, "prompt": [{"role": "user", "content": q}],
+                      "attribute": attr, "fact": author[attr], "prompt": [{"role": "user", "content": q}],
                       "completion": [{"role": "assistant", "content": a}]})
     return items
 

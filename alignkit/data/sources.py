@@ -1,4 +1,5 @@
-"""Data sources: `builtin:<name>`, local JSONL/JSON/Parquet files, and Hugging Face hub datasets by name.
+"""Data sources: `builtin:<name>`, local JSONL/JSON/Parquet files, and Hugging Face hub datasets by name
+(`owner/name`, or `owner/name:config` to name the config per source; else data.hub_config).
 Rows are validated once; a bad row fails with its file, row index and field, or is skipped and counted."""
 from __future__ import annotations
 
@@ -68,12 +69,25 @@ def _read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple
         raise DataError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
     import datasets
 
+    if ":" in spec:  # `owner/name:config` names the hub config per source (TOFU keeps each split in a config)
+        spec, hub_config = spec.split(":", 1)
     try:
         dataset = datasets.load_dataset(spec, hub_config, split=split)
     except Exception as exc:
         raise DataError(f"cannot load hub dataset `{spec}` (split {split}): {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     return dataset.to_list(), f"hub:{spec} (split {split})"
+
+
+def read_rows(spec: str, split: str, seed: int = 0, hub_config: str | None = None) -> tuple[list[dict], str]:
+    """Raw rows of a source (no record kind) and a description of where they came from; unreadable lines fail."""
+    raw, origin = _read_raw(spec, split, seed, hub_config)
+    for row in raw:
+        if isinstance(row, DataError):
+            raise row
+    if not raw:
+        raise DataError(f"{origin}: no rows")
+    return raw, origin
 
 
 def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error", limit: int | None = None,

@@ -7,11 +7,13 @@ to worker `(k // micro_batch) % num_workers`, so shards never overlap and the po
 `step * global_batch` (what a resume needs)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from alignkit.data.encode import COLLATORS
 from alignkit.engine.backends import make_backend
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import DTYPES, load_causal_lm, load_model_for
-from alignkit.models.logps import forward_rewards, forward_token_logps
+from alignkit.models.logps import decoder_layers, forward_rewards, forward_token_logps
 from alignkit.objectives import get_objective
 
 log = logging.getLogger(__name__)
@@ -95,13 +97,38 @@ def _forward(module, batch: dict, ctx, vocab: bool = False) -> dict[str, torch.T
     return result
 
 
-def _retain_inputs(objective, module, batch: dict, ctx, reference) -> dict[str, torch.Tensor]:
+@contextlib.contextmanager
+def _capture_hidden(module, layer: int | None):
+    """Record the output hidden state [B, T, d] of decoder layer `layer` during the forwards inside (a hook, so
+    objectives read activations without a model-specific forward)."""
+    if layer is None:
+        yield None
+        return
+    seen: list[torch.Tensor] = []
+    handle = decoder_layers(module)[layer].register_forward_hook(
+        lambda _m, _i, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _retain_inputs(objective, module, batch: dict, ctx, reference, layer: int | None = None
+                   ) -> dict[str, torch.Tensor]:
     """Retain-batch tensors of a `forget` objective. With `retain_vocab`, one forward gives log-distributions at every
     non-padding position (prompt included) and, from the same forward, the answer tokens' log-probs."""
     if "retain_vocab" not in objective.needs:
-        r = _forward(module, batch, ctx)
-        return {"retain_token_logps": r["token_logps"], "retain_token_mask": r["token_mask"].float(),
-                "retain_logps": r["seq_logps"], "retain_lengths": r["lengths"].float()}
+        with _capture_hidden(module, layer) as hidden:
+            r = _forward(module, batch, ctx)
+        out = {"retain_token_logps": r["token_logps"], "retain_token_mask": r["token_mask"].float(),
+               "retain_logps": r["seq_logps"], "retain_lengths": r["lengths"].float()}
+        if hidden is not None:
+            out.update(retain_hidden=hidden[-1], retain_attention_mask=batch["attention_mask"],
+                       ref_retain_hidden=reference.hidden(batch, layer))
+        if "retain_idk" in objective.needs:
+            idk = _forward(module, batch["idk"], ctx)
+            out.update(retain_idk_logps=idk["seq_logps"], retain_idk_lengths=idk["lengths"].float())
+        return out
     every = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)}
     r = _forward(module, every, ctx, vocab=True)
     is_label = batch["labels"][:, 1:] != IGNORE
@@ -112,10 +139,20 @@ def _retain_inputs(objective, module, batch: dict, ctx, reference) -> dict[str, 
             "retain_vocab_is_label": is_label[r["token_mask"]]}
 
 
-def _forget_inputs(objective, module, batch: dict, ctx, reference, retain_batch: dict | None) -> dict:
-    policy = _forward(module, batch, ctx, vocab="vocab" in objective.needs)
+def _forget_inputs(objective, module, batch: dict, ctx, reference, retain_batch: dict | None,
+                   layer: int | None = None) -> dict:
+    with _capture_hidden(module, layer) as hidden:
+        policy = _forward(module, batch, ctx, vocab="vocab" in objective.needs)
     out = {"token_logps": policy["token_logps"], "token_mask": policy["token_mask"].float(),
            "logps": policy["seq_logps"], "lengths": policy["lengths"].float()}
+    if hidden is not None:
+        out.update(hidden=hidden[-1], attention_mask=batch["attention_mask"])
+    if "idk" in objective.needs:
+        idk = _forward(module, batch["idk"], ctx)
+        out.update(idk_logps=idk["seq_logps"], idk_lengths=idk["lengths"].float(), idk_token_logps=idk["token_logps"],
+                   idk_token_mask=idk["token_mask"].float())
+        if reference is not None:
+            out["ref_idk_logps"] = reference.logps(batch["idk"])
     if "vocab" in objective.needs:
         out["vocab_logps"] = policy["vocab_logps"]
     if reference is not None:
@@ -123,16 +160,17 @@ def _forget_inputs(objective, module, batch: dict, ctx, reference, retain_batch:
         if "ref_token_logps" in objective.needs:
             out["ref_token_logps"] = reference.token_logps(batch)
     if "retain" in objective.needs:
-        out.update(_retain_inputs(objective, module, retain_batch, ctx, reference))
+        out.update(_retain_inputs(objective, module, retain_batch, ctx, reference, layer))
     return out
 
 
-def objective_inputs(objective, module, batch: dict, ctx, reference, retain_batch: dict | None = None
-                     ) -> dict[str, torch.Tensor]:
+def objective_inputs(objective, module, batch: dict, ctx, reference, retain_batch: dict | None = None,
+                     params=None) -> dict[str, torch.Tensor]:
     """The tensors `objective` consumes for this batch (see objectives/registry.py for each kind)."""
     kind = objective.kind
     if kind == "forget":
-        return _forget_inputs(objective, module, batch, ctx, reference, retain_batch)
+        layer = params.layer if "hidden_states" in objective.needs else None
+        return _forget_inputs(objective, module, batch, ctx, reference, retain_batch, layer)
     if kind == "reward_pairs":
         with ctx:
             rewards, reprs = forward_rewards(module, batch["input_ids"], batch["attention_mask"])
@@ -219,14 +257,14 @@ class LiveReference:
         self._recent: list[tuple[dict, dict]] = []
 
     def _outputs(self, batch: dict) -> dict:
-        # One reference forward per batch, shared by logps(), token_logps() and vocab_logps(); the last two batches
-        # are remembered (a forget batch and its retain batch).
+        # One reference forward per batch, shared by logps(), token_logps() and vocab_logps(); the last four batches
+        # are remembered (a forget batch, its retain batch and their IDK-answer batches).
         for seen, out in self._recent:
             if seen is batch:
                 return out
         with torch.no_grad():
             out = _forward(self.model, batch, self.ctx, vocab=self.vocab)
-        self._recent = [*self._recent[-1:], (batch, out)]
+        self._recent = [*self._recent[-3:], (batch, out)]
         return out
 
     def logps(self, batch: dict) -> torch.Tensor:
@@ -237,6 +275,12 @@ class LiveReference:
 
     def vocab_logps(self, batch: dict) -> torch.Tensor:
         return self._outputs(batch)["vocab_logps"]
+
+    def hidden(self, batch: dict, layer: int) -> torch.Tensor:
+        """The frozen model's hidden state after decoder layer `layer` [B, T, d]."""
+        with torch.no_grad(), _capture_hidden(self.model, layer) as seen:
+            _forward(self.model, batch, self.ctx)
+        return seen[-1]
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -294,7 +338,7 @@ def retain_batch_for(data: TrainData, count: int, position: int) -> dict | None:
     if not data.retain:
         return None
     picks = stream_indices(len(data.retain), 7919, position, max(1, count))
-    return COLLATORS["sft"]([data.retain[i] for i in picks], data.pad_id)
+    return COLLATORS["forget"]([data.retain[i] for i in picks], data.pad_id)
 
 
 def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, batch_size: int,
@@ -309,7 +353,7 @@ def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, ba
         for n, ids in enumerate(sharded_eval_batches(len(data.eval), batch_size, rank, world)):
             batch = collate([data.eval[i] for i in (ids or [0])])
             retain = retain_batch_for(data, len(ids), (n * world + rank) * batch_size)
-            inputs = objective_inputs(objective, module, batch, ctx, reference_eval, retain)
+            inputs = objective_inputs(objective, module, batch, ctx, reference_eval, retain, params)
             loss, metrics = objective.loss_fn(inputs, params)
             # Weight by examples; a padding batch (no ids) ran only to keep collective forwards in step.
             sums.add({"loss": loss, **metrics}, scale=len(ids))
@@ -380,6 +424,22 @@ def _all_finite(loss: torch.Tensor) -> bool:
     return float(_all_reduce_sum(bad)[0]) == 0.0
 
 
+def freeze_except(model, patterns: list[str]) -> None:
+    """With `optim.trainable` (regexes over parameter names), only matching parameters train (RMU trains three MLP
+    projections); the optimizer only sees parameters that require gradients."""
+    if not patterns:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    keep = {name for name in names if any(re.search(p, name) for p in patterns)}
+    if not keep:
+        raise AlignkitError(f"optim.trainable {patterns} matches no parameter of the model (names look like "
+                            f"{names[0]!r}, {names[len(names) // 2]!r})")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in keep)
+    log.info("optim.trainable: %d of %d parameter tensors train (%d weights)", len(keep), len(names),
+             sum(p.numel() for n, p in model.named_parameters() if n in keep))
+
+
 def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, hooks: RunHooks | None = None) -> dict:
     """Train per the recipe; returns the last train and eval metrics. Call on every worker."""
     hooks = hooks or RunHooks()
@@ -395,6 +455,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
     model.train()
+    freeze_except(model, recipe.optim.trainable)
     backend = make_backend(model, recipe)
     ctx = backend.forward_context()
     if rank == 0:
@@ -468,7 +529,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             # retain examples follow their own stream, at the same position as this worker's forget examples
             position = ((step * t.grad_accum + m) * world + rank) * t.micro_batch_size
             retain = retain_batch_for(data, len(ids), position)
-            inputs = objective_inputs(objective, backend.module, batch, ctx, reference, retain)
+            inputs = objective_inputs(objective, backend.module, batch, ctx, reference, retain, params)
             loss, metrics = objective.loss_fn(inputs, params)
             if not _all_finite(loss):
                 where = f"non-finite loss at step {step + 1} (this worker's examples: {ids}, worker {rank})"

@@ -7,6 +7,9 @@ Per model (`evaluate_model`):
 - `forget/truth_ratio` = mean min(R, 1/R), `retain/truth_ratio` = mean max(0, 1 - R), R = P̃(perturbed) / P̃(paraphrase).
 - `utility`: harmonic mean of retain prob, ROUGE and truth ratio (TOFU's model utility restricted to the retain set;
   the built-in benchmark has no real-authors / world-facts sets).
+- `forget/fact`, `retain/fact` (when items carry a `fact` value, as the built-in benchmark's do): share of greedy
+  answers that state the value; alignkit's addition, because ROUGE of template answers ("X was born in Y.") stays
+  high for a model that never saw the fact.
 - `forget/knowmem`: ROUGE-L F1 (unstemmed) of greedy answers (MUSE KnowMem); `verbmem`: ROUGE-L F1 of the greedy
   continuation of the first half of each forget biography vs its second half (MUSE VerbMem).
 - `mia/<attack>`: ROC AUC of LOSS, zlib, Min-40% and Min-40%++ scores of answer tokens separating forget items
@@ -16,8 +19,11 @@ Against the retain model (`compare_to_retain`): `forget_quality` (KS p-value of 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 PROBE_SETTINGS = EncodeSettings(256, 128)
+SUITE_VERSION = 2  # bump when a metric changes: cached evaluations of learn-stage models are keyed by it
 
 
 class ModelProbe:
@@ -75,7 +82,9 @@ class ModelProbe:
         return np.array([s["token_logps"].sum() for s in self._token_stats(rows)])
 
     def answer_stats(self, items: list[dict]) -> list[dict]:
-        rows = [{"prompt": [{"role": "user", "content": r["question"]}],
+        """Token stats of QA answers given their questions, or of raw texts (items with `text`: every token)."""
+        rows = [{"prompt": "", "completion": r["text"], "raw_text": True} if "question" not in r else
+                {"prompt": [{"role": "user", "content": r["question"]}],
                  "completion": [{"role": "assistant", "content": r["answer"]}]} for r in items]
         return self._token_stats(rows, vocab=True)
 
@@ -102,27 +111,38 @@ class ModelProbe:
 def _qa_metrics(probe: ModelProbe, items: list[dict], split: str, max_new_tokens: int) -> tuple[dict, dict]:
     questions = [r["question"] for r in items]
     nll_answer = probe.avg_nll(questions, [r["answer"] for r in items])
-    nll_para = probe.avg_nll(questions, [r.get("paraphrased_answer", r["answer"]) for r in items])
-    n_pert = min(len(r["perturbed_answer"]) for r in items)
-    flat = probe.avg_nll([q for q in questions for _ in range(n_pert)],
-                         [a for r in items for a in r["perturbed_answer"][:n_pert]])
-    ratios = um.truth_ratio(nll_para, flat.reshape(len(items), n_pert))
     answers = probe.generate([[{"role": "user", "content": q}] for q in questions], max_new_tokens)
     metrics = {
         f"{split}/prob": float(um.normalized_probability(nll_answer).mean()),
         f"{split}/rouge": float(np.mean([um.rouge_l(r["answer"], a) for r, a in zip(items, answers)])),
-        f"{split}/truth_ratio": um.truth_ratio_metric(ratios, "forget" if split == "forget" else "retain"),
         f"{split}/knowmem": float(np.mean([um.rouge_l(r["answer"], a, "f1", stemmer=False)
                                            for r, a in zip(items, answers)])),
     }
-    return metrics, {f"{split}/truth_ratios": ratios.tolist(), f"{split}/generations": answers}
+    details = {f"{split}/generations": answers}
+    if all(r.get("perturbed_answer") for r in items):  # TOFU-style items (MUSE's QA has no perturbed answers)
+        nll_para = probe.avg_nll(questions, [r.get("paraphrased_answer") or r["answer"] for r in items])
+        n_pert = min(len(r["perturbed_answer"]) for r in items)
+        flat = probe.avg_nll([q for q in questions for _ in range(n_pert)],
+                             [a for r in items for a in r["perturbed_answer"][:n_pert]])
+        ratios = um.truth_ratio(nll_para, flat.reshape(len(items), n_pert))
+        metrics[f"{split}/truth_ratio"] = um.truth_ratio_metric(ratios, "forget" if split == "forget" else "retain")
+        details[f"{split}/truth_ratios"] = ratios.tolist()
+    if all("fact" in r for r in items):
+        metrics[f"{split}/fact"] = float(np.mean([um.fact_recalled(str(r["fact"]), a) for r, a in zip(items, answers)]))
+    return metrics, details
 
 
-def _verbmem(probe: ModelProbe, texts: list[str], max_new_tokens: int) -> float:
+def _verbmem(probe: ModelProbe, items: list[dict], max_new_tokens: int) -> float:
+    """ROUGE-L F1 of greedy continuations: of each text's first half vs its second half, or of MUSE's `prompt`
+    vs its ground truth `gt`."""
     tok = probe.tokenizer
     prompts, targets = [], []
-    for text in texts:
-        ids = tok(text, add_special_tokens=False)["input_ids"]
+    for item in items:
+        if "gt" in item:
+            prompts.append(item["prompt"])
+            targets.append(item["gt"])
+            continue
+        ids = tok(item["text"], add_special_tokens=False)["input_ids"]
         half = len(ids) // 2
         prompts.append(tok.decode(ids[:half]))
         targets.append(tok.decode(ids[half:]))
@@ -134,7 +154,7 @@ def _mia(forget_stats: list[dict], holdout_stats: list[dict], forget_items: list
          holdout_items: list[dict]) -> tuple[dict, dict]:
     def scores(stats, items):
         return {"loss": [um.loss_score(s["token_logps"]) for s in stats],
-                "zlib": [um.zlib_score(s["token_logps"], r["answer"]) for s, r in zip(stats, items)],
+                "zlib": [um.zlib_score(s["token_logps"], r.get("answer", r.get("text"))) for s, r in zip(stats, items)],
                 "mink": [um.min_k(s["token_logps"], 0.4) for s in stats],
                 "minkpp": [um.min_k_plus_plus(s["token_logps"], s["mu"], s["sigma"], 0.4) for s in stats]}
 
@@ -151,18 +171,22 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], *, max_new_tok
     probe = ModelProbe(model, tokenizer, batch_size)
     metrics, details = {}, {}
     for split in ("forget", "retain"):
-        m, d = _qa_metrics(probe, sets[split], split, max_new_tokens)
-        metrics.update(m)
-        details.update(d)
-    metrics["utility"] = um.model_utility([metrics["retain/prob"], metrics["retain/rouge"],
-                                           metrics["retain/truth_ratio"]])
+        if sets.get(split):
+            m, d = _qa_metrics(probe, sets[split], split, max_new_tokens)
+            metrics.update(m)
+            details.update(d)
+    if sets.get("retain"):
+        metrics["utility"] = um.model_utility([metrics[k] for k in ("retain/prob", "retain/rouge",
+                                                                    "retain/truth_ratio") if k in metrics])
     if sets.get("forget_text"):
-        metrics["verbmem"] = _verbmem(probe, [r["text"] for r in sets["forget_text"]], max_new_tokens)
-    if sets.get("holdout"):
-        m, d = _mia(probe.answer_stats(sets["forget"]), probe.answer_stats(sets["holdout"]), sets["forget"],
-                    sets["holdout"])
+        metrics["verbmem"] = _verbmem(probe, sets["forget_text"], max_new_tokens)
+    if sets.get("holdout") and (sets.get("members") or sets.get("forget")):
+        members = sets.get("members") or sets["forget"]  # same format as the holdout set (QA or raw text)
+        m, d = _mia(probe.answer_stats(members), probe.answer_stats(sets["holdout"]), members, sets["holdout"])
         metrics.update(m)
         details.update(d)
+    for name, items in (sets.get("multiple_choice") or {}).items():
+        metrics[f"mc/{name}"] = multiple_choice_accuracy(probe, items)
     log.info("unlearning eval in %.1f s: %s", time.perf_counter() - start,
              {k: round(v, 3) for k, v in metrics.items()})
     return metrics, details
@@ -194,8 +218,10 @@ def multiple_choice_accuracy(probe: ModelProbe, items: list[dict], normalize: bo
 
 def compare_to_retain(details: dict, retain_details: dict) -> dict:
     """Forget quality and PrivLeak of a model against the retain (never saw the forget set) model."""
-    out = {"forget_quality": um.forget_quality(np.array(details["forget/truth_ratios"]),
-                                               np.array(retain_details["forget/truth_ratios"]))}
+    out = {}
+    if "forget/truth_ratios" in details and "forget/truth_ratios" in retain_details:
+        out["forget_quality"] = um.forget_quality(np.array(details["forget/truth_ratios"]),
+                                                  np.array(retain_details["forget/truth_ratios"]))
     if "mink/forget" in details and "mink/forget" in retain_details:
         auc_retain, _ = um.privleak(np.array(retain_details["mink/forget"]),
                                     np.array(retain_details["mink/holdout"]), 1.0)
@@ -215,3 +241,140 @@ def quantize_weights_(model, bits: int) -> None:
                 w = module.weight
                 scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / levels
                 w.copy_((w / scale).round().clamp(-levels, levels) * scale)
+
+
+# -------------------------------------------------------------------------------------------------------- suites
+SET_ROLES = ("forget", "retain", "holdout", "forget_text", "members")
+
+
+@dataclass
+class UnlearningSuite:
+    """What `evals/unlearning*.yaml` holds. `sets` maps a role to {data, split, hub_config?, kind?}: forget and retain
+    (QA items; TOFU's perturbed answers add the truth ratio and forget quality), holdout (never-trained items of the
+    members' format, for membership inference), members (the MIA member set; default: forget), forget_text (texts
+    or MUSE {prompt, gt} rows for VerbMem); any other name with `kind: multiple_choice` is a {question, choices,
+    answer} set scored as `mc/<name>` (WMDP, MMLU)."""
+    sets: dict[str, dict] = field(default_factory=dict)
+    max_items: int = 60  # per set
+    max_new_tokens: int = 32
+    batch_size: int = 16
+
+
+def load_suite(path: str) -> UnlearningSuite:
+    from omegaconf import OmegaConf
+
+    from alignkit.errors import RecipeError
+
+    if not Path(path).is_file():
+        raise RecipeError(f"evaluation suite {path} does not exist")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    allowed = {f.name for f in dataclasses.fields(UnlearningSuite)}
+    if set(raw) - allowed:
+        raise RecipeError(f"{path}: unknown key(s) {sorted(set(raw) - allowed)}; allowed: {sorted(allowed)}")
+    suite = UnlearningSuite(**raw)
+    for name, spec in suite.sets.items():
+        if not isinstance(spec, dict) or "data" not in spec:
+            raise RecipeError(f"{path}: set `{name}` needs `data` (and `split`)")
+        if spec.get("kind", "qa") not in ("qa", "multiple_choice"):
+            raise RecipeError(f"{path}: set `{name}`: kind must be qa or multiple_choice")
+        if name not in SET_ROLES and spec.get("kind") != "multiple_choice":
+            raise RecipeError(f"{path}: set `{name}` is not one of {SET_ROLES}; a multiple-choice set needs "
+                              "`kind: multiple_choice`")
+    if not suite.sets:
+        raise RecipeError(f"{path}: the suite has no `sets`")
+    return suite
+
+
+def read_suite_sets(suite: UnlearningSuite, seed: int = 0) -> dict:
+    """The rows of every set of a suite, validated (a wrong schema fails here, naming the set and the field)."""
+    from alignkit.data.sources import load_records, read_rows
+    from alignkit.errors import DataError
+
+    sets: dict = {"multiple_choice": {}}
+    for name, spec in suite.sets.items():
+        split, config = spec.get("split", "train"), spec.get("hub_config")
+        if spec.get("kind") == "multiple_choice":
+            rows, origin = read_rows(spec["data"], split, seed, config)
+            sets["multiple_choice"][name] = [_check_choice_row(r, f"{origin} row {i}") for i, r in
+                                             enumerate(rows[:suite.max_items])]
+        elif name == "forget_text":
+            rows, origin = read_rows(spec["data"], split, seed, config)
+            for i, r in enumerate(rows[:suite.max_items]):
+                if not (isinstance(r, dict) and (isinstance(r.get("text"), str) or
+                                                 isinstance(r.get("prompt"), str) and isinstance(r.get("gt"), str))):
+                    raise DataError(f"{origin} row {i}: a forget_text row needs `text`, or `prompt` + `gt` (MUSE)")
+            sets[name] = rows[:suite.max_items]
+        else:
+            sets[name] = load_records(spec["data"], split, "forget", seed=seed, hub_config=config,
+                                      limit=suite.max_items).rows
+    for role in ("forget", "retain"):
+        if role in sets and "question" not in sets[role][0]:
+            raise DataError(f"the `{role}` set needs QA items (`question`, `answer`), or `kind: multiple_choice`")
+    return sets
+
+
+def _check_choice_row(row, where: str) -> dict:
+    from alignkit.errors import DataError
+
+    if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+        raise DataError(f"{where}: a multiple-choice row needs `question`, `choices` and `answer`")
+    choices, answer = row.get("choices"), row.get("answer")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise DataError(f"{where}: `choices` must be a list of at least 2 strings")
+    if not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise DataError(f"{where}: `answer` must be the index of the right choice (0..{len(choices) - 1})")
+    return row
+
+
+def evaluate_paths(models: dict[str, str], sets: dict, *, retain: str | None = None, dtype: str = "float32",
+                   max_new_tokens: int = 32, batch_size: int = 16) -> dict[str, dict]:
+    """The suite on saved models ({row name: path}); with `retain` (a row name), forget quality and PrivLeak of
+    every row against that model."""
+    from alignkit.models.loading import load_causal_lm, load_tokenizer
+
+    rows, details = {}, {}
+    for name, path in models.items():
+        rows[name], details[name] = evaluate_model(load_causal_lm(path, dtype), load_tokenizer(path), sets,
+                                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if retain:
+        for name in rows:
+            rows[name].update(compare_to_retain(details[name], details[retain]))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from alignkit.pipelines.unlearn import results_table
+
+    parser = argparse.ArgumentParser(prog="python -m alignkit.evaluation.unlearning",
+                                     description="Evaluate saved models with an unlearning suite "
+                                                 "(evals/unlearning.yaml).")
+    parser.add_argument("models", nargs="+", help="model directories (e.g. runs/<name>/final), or NAME=DIR")
+    parser.add_argument("--suite", default="evals/unlearning.yaml")
+    parser.add_argument("--retain-model", default=None,
+                        help="the model never trained on the forget set: adds forget quality and PrivLeak")
+    parser.add_argument("--out", default=None, help="write unlearning_eval.json here")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    suite = load_suite(args.suite)
+    models = dict(m.split("=", 1) if "=" in m else (Path(m).name if Path(m).name != "final" else
+                                                     Path(m).parent.name, m) for m in args.models)
+    if args.retain_model:
+        models = {"retain": args.retain_model, **models}
+    rows = evaluate_paths(models, read_suite_sets(suite), retain="retain" if args.retain_model else None,
+                          max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size)
+    print(results_table(rows))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "unlearning_eval.json").write_text(json.dumps({"models": models, "metrics": rows},
+                                                                         indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

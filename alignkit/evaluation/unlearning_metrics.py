@@ -64,6 +64,15 @@ def model_utility(values: list[float]) -> float:
 _SCORERS: dict = {}
 
 
+def fact_recalled(fact: str, prediction: str) -> bool:
+    """Does the greedy answer state the fact? Case-insensitive containment of the value, quotes and final periods
+    ignored (alignkit's `fact` metric: answer templates dominate ROUGE when answers repeat the question's words)."""
+    def norm(text: str) -> str:
+        return " ".join(text.lower().replace('"', " ").replace("'", " ").replace(".", " ").split())
+
+    return norm(fact) in norm(prediction) if norm(fact) else False
+
+
 def rouge_l(target: str, prediction: str, kind: str = "recall", stemmer: bool = True) -> float:
     """ROUGE-L of a generation against the reference: TOFU uses recall with stemming, MUSE F1 without."""
     from rouge_score import rouge_scorer

@@ -84,3 +84,14 @@ def forward_rewards(module, input_ids: torch.Tensor, attention_mask: torch.Tenso
         return head(hidden).squeeze(-1).float(), hidden
     out = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     return out.logits.squeeze(-1).float(), out.hidden_states[-1][rows, index]
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder blocks of a (possibly DeepSpeed-wrapped) HF causal LM, for hooks on layer outputs."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (expected .layers on its decoder)")
+    return layers

@@ -32,6 +32,11 @@ NEEDS = frozenset({
     "vocab",  # vocab_logps [N, V]: the policy's log-distribution at the N forget label positions
     "retain_vocab",  # retain_vocab_logps and ref_retain_vocab_logps [M, V] at the retain batch's positions
     "ref_token_logps",  # ref_token_logps [B, T]: the reference's per-token log-probs on the forget batch
+    "idk",  # the forget questions with an "I don't know" answer: idk_logps, idk_lengths, idk_token_logps,
+    #         idk_token_mask, and ref_idk_logps with a reference (data/idk.py)
+    "retain_idk",  # the same on the retain batch: retain_idk_logps, retain_idk_lengths
+    "hidden_states",  # hidden [B, T, d] after decoder layer `params.layer` on the forget batch (+ attention_mask);
+    #                   with retain: retain_hidden, ref_retain_hidden (the frozen reference), retain_attention_mask
 })
 
 
@@ -50,7 +55,7 @@ class Objective:
     @property
     def live_reference(self) -> bool:
         """Whether the reference must run beside the policy (more than precomputed sequence log-probs)."""
-        return self.distributions or bool(self.needs & {"retain_vocab", "ref_token_logps"})
+        return self.distributions or bool(self.needs & {"retain_vocab", "ref_token_logps", "idk", "hidden_states"})
 
     def make_params(self, values: dict):
         return self.params_cls(**values)

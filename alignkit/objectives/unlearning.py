@@ -17,10 +17,14 @@ import torch
 
 from alignkit.objectives.registry import register
 from alignkit.objectives.unlearning_losses import (
+    answer_preservation_loss,
     catnip_loss,
+    idk_dpo_loss,
     kl_batchmean,
     max_entropy_loss,
     npo_loss,
+    rmu_control_vector,
+    rmu_loss,
     simnpo_loss,
     token_mean_nll,
 )
@@ -105,6 +109,41 @@ class CATNIPParams:
 class MEParams(RetainParams):
     forget_weight: float = 0.1  # the closer-look ME+GD recipe
     retain_weight: float = 1.0
+
+
+@dataclass
+class IdkDPOParams(RetainParams):
+    beta: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("beta", self.beta)
+
+
+@dataclass
+class IdkAPParams:
+    beta: float = 0.1  # of the AP term
+    idk_weight: float = 1.0  # NLL(y_idk | x_f)
+    ap_weight: float = 1.0
+
+    def __post_init__(self):
+        _positive("beta", self.beta)
+        if self.idk_weight < 0 or self.ap_weight < 0:
+            raise ValueError("idk_weight and ap_weight must be >= 0")
+
+
+@dataclass
+class RMUParams:
+    layer: int = 7  # ℓ: decoder layer whose output is steered (0-based, as model.layers[ℓ])
+    steering: float = 6.5  # c: norm of the control vector (Zephyr recipe 6.5; code default 20)
+    alpha: float = 1200.0  # retain weight (Zephyr recipe 1200; code default 100)
+    seed: int = 42  # of the control vector, fixed for the run
+    mask: Literal["all", "tokens"] = "all"  # MSE over all positions (original code) or non-padding ones
+
+    def __post_init__(self):
+        _positive("steering", self.steering)
+        if self.layer < 0 or self.alpha < 0:
+            raise ValueError("layer and alpha must be >= 0")
 
 
 def _forget_nll(inputs: dict) -> torch.Tensor:
@@ -211,3 +250,46 @@ def max_entropy(inputs: dict, p: MEParams):
     """ME+GD: push next-token distributions on forget answers to uniform, keep retain NLL."""
     me = max_entropy_loss(inputs["vocab_logps"])
     return _combine(me, _retain_nll(inputs), p, {"me_loss": me.detach(), "forget_nll": _forget_nll(inputs).detach()})
+
+
+@register("idk_dpo", kind="forget", params=IdkDPOParams, reference="required", needs={"retain", "idk"})
+def idk_dpo(inputs: dict, p: IdkDPOParams):
+    """IdkDPO: DPO with chosen = an "I don't know" answer, rejected = the forget answer (2/β scale), + retain NLL."""
+    loss = idk_dpo_loss(inputs["idk_logps"], inputs["logps"], inputs["ref_idk_logps"], inputs["ref_logps"], p.beta)
+    margin = ((inputs["idk_logps"] - inputs["ref_idk_logps"]) - (inputs["logps"] - inputs["ref_logps"])).detach()
+    return _combine(loss, _retain_nll(inputs), p, {"idk_dpo_loss": loss.detach(), "idk_margin": margin.mean(),
+                                                   "forget_nll": _forget_nll(inputs).detach()})
+
+
+@register("idk_ap", kind="forget", params=IdkAPParams, needs={"retain", "idk", "retain_idk"})
+def idk_ap(inputs: dict, p: IdkAPParams):
+    """IDK+AP: NLL of an IDK answer on forget questions + answer preservation on retain questions (prefer the true
+    retain answer over an IDK answer, reference-free, 1/β; reported as retain_loss)."""
+    idk_nll = token_mean_nll(inputs["idk_token_logps"], inputs["idk_token_mask"])
+    ap = answer_preservation_loss(-inputs["retain_logps"], -inputs["retain_idk_logps"], p.beta)
+    loss = p.idk_weight * idk_nll + p.ap_weight * ap
+    return loss, {"idk_nll": idk_nll.detach(), "retain_loss": ap.detach(), "forget_nll": _forget_nll(inputs).detach()}
+
+
+_CONTROL: dict[tuple, torch.Tensor] = {}
+
+
+def _control_vector(hidden_size: int, p: RMUParams) -> torch.Tensor:
+    key = (hidden_size, p.steering, p.seed)
+    if key not in _CONTROL:  # one fixed direction per run (same seed on every worker)
+        _CONTROL[key] = rmu_control_vector(hidden_size, p.steering, torch.Generator().manual_seed(p.seed))
+    return _CONTROL[key]
+
+
+@register("rmu", kind="forget", params=RMUParams, reference="required", needs={"retain", "hidden_states"})
+def rmu(inputs: dict, p: RMUParams):
+    """RMU: steer layer-ℓ activations on forget data to a fixed random vector c·u/‖u‖, keep them on retain data
+    (MSE to the frozen model's). Pair it with optim.trainable (the original trains layers ℓ-2..ℓ's MLP down
+    projections only)."""
+    h_f, h_r = inputs["hidden"], inputs["retain_hidden"]
+    control = _control_vector(h_f.shape[-1], p).to(h_f.device, h_f.dtype)
+    masks = (inputs["attention_mask"], inputs["retain_attention_mask"]) if p.mask == "tokens" else (None, None)
+    forget, retain = rmu_loss(h_f, control, h_r, inputs["ref_retain_hidden"].to(h_r.dtype), p.alpha, *masks)
+    return forget + p.alpha * retain, {"rmu_forget": forget.detach(), "rmu_retain": retain.detach(),
+                                       "retain_loss": (p.alpha * retain).detach(),
+                                       "forget_nll": _forget_nll(inputs).detach()}

@@ -50,6 +50,14 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
     train = load_records(d.train, d.train_split, kind, on_bad_row=d.on_bad_row, limit=d.train_size, seed=d.seed,
                          hub_config=d.hub_config, keep_labels=keep if kind == "unpaired" else (True, False))
+    if "idk" in objective.needs or "retain_idk" in objective.needs:
+        from alignkit.data.idk import load_idk_answers
+
+        idk_answers = load_idk_answers(d.idk_answers)
+    if "idk" in objective.needs:
+        from alignkit.data.idk import attach_idk
+
+        train.rows = attach_idk(train.rows, idk_answers, d.seed, train.origin)
     encoded_train, cut_train = encode_rows(tokenizer, train.rows, kind, settings, train.origin)
     eval_rows, encoded_eval, cut_eval, eval_origin = [], [], 0, None
     if d.eval:
@@ -58,11 +66,17 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
         held_out = load_records(d.eval, d.eval_split, kind, on_bad_row=d.on_bad_row, seed=d.seed,
                                 hub_config=d.hub_config)
         eval_rows, eval_origin = held_out.rows, held_out.origin
+        if "idk" in objective.needs:
+            eval_rows = attach_idk(eval_rows, idk_answers, d.seed, eval_origin)
         encoded_eval, cut_eval = encode_rows(tokenizer, eval_rows[:d.eval_size], kind, settings, held_out.origin)
     encoded_retain = []
     if "retain" in objective.needs:
         retain = load_records(d.retain, d.retain_split, "forget", on_bad_row=d.on_bad_row, limit=d.retain_size,
                               seed=d.seed, hub_config=d.hub_config)
+        if "retain_idk" in objective.needs:
+            from alignkit.data.idk import attach_idk
+
+            retain.rows = attach_idk(retain.rows, idk_answers, d.seed + 1, retain.origin)
         encoded_retain, cut_retain = encode_rows(tokenizer, retain.rows, "forget", settings, retain.origin)
         cut_train += cut_retain
         log.info("retain data: %d records from %s", len(encoded_retain), retain.origin)

@@ -1,7 +1,7 @@
 """Unlearning: learn -> unlearn -> evaluate, from one recipe.
 
-1. learn (optional, `unlearn.learn`): SFT of model.path on `unlearn.learn_split` of data.train (the *target* model,
-   which has seen the forget set) and on data.retain_split (the *retain* model, the gold standard that never saw it),
+1. learn (optional, `unlearn.learn`): SFT of model.path on the forget set + the retain set (the *target* model,
+   which has seen the forget set) and on the retain set only (the *retain* model, the gold standard that never saw it),
    each through Ray Train, cached in $ALIGNKIT_CACHE/unlearn/ by a hash of everything that produces it.
 2. unlearn: the recipe's objective on the forget set (data.train / train_split), starting from the target model, which
    is also the reference.
@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -26,15 +27,42 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------------- learn
-def learn_recipe(recipe: Recipe, split: str, role: str) -> Recipe:
-    """The SFT recipe that makes the target (role `target`, on the learn split) or the retain model."""
+def learn_data(recipe: Recipe, role: str) -> Path:
+    """The learn stage's training set as a JSONL file named by its content: the retain set (data.retain /
+    retain_split, first data.retain_size items) for the retain model, the forget set plus that retain set for the
+    target model (as TOFU's `full` = forget + retain). The unlearning stage's retain batches come from the same
+    items, so the retain data it protects is data the target has learned."""
+    from alignkit.data.sources import load_records
+
+    d = recipe.data
+    rows = load_records(d.retain, d.retain_split, "forget", seed=d.seed, hub_config=d.hub_config,
+                        limit=d.retain_size).rows
+    if role == "target":
+        rows = load_records(d.train, d.train_split, "forget", seed=d.seed, hub_config=d.hub_config).rows + rows
+    keep = ("prompt", "completion", "raw_text")
+    text = "".join(json.dumps({k: r[k] for k in keep if k in r}, sort_keys=True) + "\n" for r in rows)
+    path = cache_dir() / "unlearn" / "data" / f"{role}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+def learn_recipe(recipe: Recipe, role: str) -> Recipe:
+    """The SFT recipe that makes the target (role `target`: forget + retain data) or the retain model."""
     u = recipe.unlearn
     d = recipe_to_dict(recipe)
     d["objective"] = {"name": "sft"}
-    d["data"].update(train_split=split, eval=None, train_size=None, retain=None)
+    data_file = learn_data(recipe, role)
+    items = sum(1 for line in data_file.read_text().splitlines() if line.strip())
+    d["data"].update(train=str(data_file), train_split="train", eval=None, train_size=None, retain=None,
+                     hub_config=None)
     d["optim"].update(lr=u.learn_lr, scheduler="constant", warmup_steps=0)
-    d["trainer"].update(max_steps=u.learn_steps, micro_batch_size=max(1, u.learn_batch_size // (
-        recipe.cluster.num_workers * recipe.trainer.grad_accum)), eval_every=0, checkpoint_every=0)
+    micro = max(1, u.learn_batch_size // (recipe.cluster.num_workers * recipe.trainer.grad_accum))
+    d["trainer"].update(max_steps=math.ceil(u.learn_epochs * items / u.learn_batch_size), micro_batch_size=micro,
+                        eval_every=0, checkpoint_every=0)
     d["eval"].update(generate=False)
     d["sweep"] = {}
     key = {k: d[k] for k in ("model", "data", "objective", "optim", "trainer")} | {"seed": d["run"]["seed"]}
@@ -61,11 +89,16 @@ def _learned(recipe: Recipe) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- evaluate
 def evaluation_sets(recipe: Recipe) -> dict[str, list[dict]]:
-    """The suite's sets, read in the driver: forget (QA), retain (QA), holdout (QA) and forget_text."""
+    """The suite's sets, read in the driver: those of `eval.suite` when the recipe names one (evals/unlearning*.yaml),
+    else forget (data.train_split), retain (data.retain_split), holdout and forget_text from the recipe's sources."""
     from alignkit.data.sources import load_records
     from alignkit.errors import DataError
 
     d, u = recipe.data, recipe.unlearn
+    if recipe.eval.suite:
+        from alignkit.evaluation.unlearning import load_suite, read_suite_sets
+
+        return read_suite_sets(load_suite(recipe.eval.suite), seed=d.seed)
 
     def read(split: str | None, retain: bool = False) -> list[dict]:
         if not split:
@@ -78,9 +111,10 @@ def evaluation_sets(recipe: Recipe) -> dict[str, list[dict]]:
     if not sets["retain"]:
         raise DataError("the unlearning evaluation needs retain items: set data.retain and data.retain_split")
     for name in ("forget", "retain"):
-        missing = [k for k in ("question", "answer", "perturbed_answer") if k not in sets[name][0]]
+        missing = [k for k in ("question", "answer") if k not in sets[name][0]]
         if missing:
-            raise DataError(f"the unlearning evaluation needs TOFU-style QA items; the {name} set lacks {missing}")
+            raise DataError(f"the unlearning evaluation needs QA items; the {name} set lacks {missing} (or name an "
+                            "evaluation suite with eval.suite)")
     sets["holdout"] = read(u.holdout_split)[:u.eval_max_items]
     text_split = f"{d.train_split}_text" if u.forget_text_split == "auto" else u.forget_text_split
     try:
@@ -99,14 +133,23 @@ def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out
     from alignkit.evaluation.unlearning import compare_to_retain, evaluate_model, quantize_weights_
     from alignkit.models.loading import load_causal_lm, load_tokenizer
 
+    if not logging.getLogger().handlers:  # in a Ray task: show this stage's progress in the driver's output
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     u, c = recipe.unlearn, recipe.cluster
     torch.set_num_threads(max(1, int(c.cpus_per_worker * c.num_workers)))
     tokenizer = load_tokenizer(models["unlearned"])
     kw = dict(max_new_tokens=u.max_new_tokens, batch_size=recipe.eval.batch_size)
     rows, details = {}, {}
     for name, path in models.items():
+        cached = _cached_evaluation(path, sets, kw, recipe.model.dtype)
+        if cached and cached.exists():
+            rows[name], details[name] = json.loads(cached.read_text())
+            log.info("evaluation of `%s` (%s): cached at %s", name, path, cached)
+            continue
         model = load_causal_lm(path, recipe.model.dtype)
         rows[name], details[name] = evaluate_model(model, tokenizer, sets, **kw)
+        if cached:
+            cached.write_text(json.dumps([rows[name], details[name]]))
     unlearned = load_causal_lm(models["unlearned"], recipe.model.dtype)
     for bits in u.quantize_bits:
         q = copy.deepcopy(unlearned)
@@ -119,6 +162,18 @@ def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out
         for name in rows:
             rows[name].update(compare_to_retain(details[name], details["retain"]))
     return rows
+
+
+def _cached_evaluation(path: str, sets: dict, kw: dict, dtype: str) -> Path | None:
+    """Where the suite's results on a learn-stage model are kept (None for other models): the target and retain
+    models are the same for every method on a benchmark, so their evaluation runs once."""
+    from alignkit.evaluation.unlearning import SUITE_VERSION
+
+    model_dir = Path(path).resolve()
+    if cache_dir().resolve() not in model_dir.parents or not (model_dir.parent / "learn_done.json").exists():
+        return None
+    key = json.dumps({"sets": sets, "kw": kw, "dtype": dtype, "suite": SUITE_VERSION}, sort_keys=True, default=str)
+    return model_dir.parent / f"eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 
 def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) -> tuple[dict, dict]:
@@ -156,15 +211,16 @@ def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) 
 
 
 # ----------------------------------------------------------------------------------------------------- report
-REPORT_KEYS = ("forget/rouge", "forget/prob", "forget/truth_ratio", "forget/knowmem", "forget_quality", "verbmem",
-               "mia/mink", "mia/minkpp", "mia/loss", "mia/zlib", "privleak", "retain/rouge", "retain/prob",
-               "retain/truth_ratio", "utility")
+REPORT_KEYS = ("forget/rouge", "forget/fact", "forget/prob", "forget/truth_ratio", "forget/knowmem", "forget_quality",
+               "verbmem", "mia/mink", "mia/minkpp", "mia/loss", "mia/zlib", "privleak", "retain/rouge", "retain/fact",
+               "retain/prob", "retain/truth_ratio", "utility")
 
 
 def results_table(rows: dict[str, dict]) -> str:
     names = list(rows)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for key in REPORT_KEYS:
+    extra = sorted({k for m in rows.values() for k in m} - set(REPORT_KEYS))
+    for key in (*REPORT_KEYS, *extra):
         if any(key in rows[n] for n in names):
             cells = [f"{rows[n][key]:.3g}" if key in rows[n] else "—" for n in names]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
@@ -179,11 +235,16 @@ def forget_vs_utility_plot(rows: dict[str, dict], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    first = next(iter(rows.values()))
+    x_key = next((k for k in ("forget/fact", "forget/rouge") if k in first), None)
+    if x_key is None or "utility" not in first:
+        return None
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, m in rows.items():
-        ax.scatter(m["forget/rouge"], m["utility"], s=40)
-        ax.annotate(name, (m["forget/rouge"], m["utility"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("forget ROUGE-L recall (lower = forgotten)")
+        ax.scatter(m[x_key], m["utility"], s=40)
+        ax.annotate(name, (m[x_key], m["utility"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel({"forget/fact": "forget facts recalled (lower = forgotten)",
+                   "forget/rouge": "forget ROUGE-L recall (lower = forgotten)"}[x_key])
     ax.set_ylabel("model utility (retain set)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -208,8 +269,8 @@ def run(recipe: Recipe) -> Path:
     start = time.perf_counter()
     retain_model = None
     if u.learn:
-        target = str(_learned(learn_recipe(recipe, u.learn_split, "target")))
-        retain_model = str(_learned(learn_recipe(recipe, recipe.data.retain_split, "retain")))
+        target = str(_learned(learn_recipe(recipe, "target")))
+        retain_model = str(_learned(learn_recipe(recipe, "retain")))
     else:
         target = u.target_path or recipe.model.path
         retain_model = u.retain_model_path

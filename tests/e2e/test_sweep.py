@@ -6,6 +6,7 @@ import pytest
 from tests.e2e.test_cli import launch
 
 
+@pytest.mark.slow  # 67-75 s; keeps the default run under 10 minutes on 2 cores
 def test_two_trial_sweep(tmp_path):
     out = tmp_path / "tiny_sweep"
     proc = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "--sweep", timeout=900)

@@ -31,12 +31,15 @@ def test_tiny_unlearning_run_without_learn_stage(tmp_path):
     assert (out / "forget_vs_utility.png").exists()
 
 
-def test_unlearning_recipe_on_data_without_tofu_fields(tmp_path):
+def test_unlearning_recipe_on_data_without_qa_fields(tmp_path):
     forget = tmp_path / "forget.jsonl"
-    forget.write_text('{"question": "q1", "answer": "a1"}\n{"question": "q2", "answer": "a2"}\n')
+    forget.write_text('{"text": "a raw document"}\n{"text": "another one"}\n')
     assert_clean_error(launch("recipes/unlearn/tiny_debug.yaml", f"data.train={forget}", "data.train_split=train",
                               f"run.output_dir={tmp_path}/run", "unlearn.learn=false"),
-                       "lacks ['perturbed_answer']")
+                       "lacks ['question', 'answer']")
+    assert_clean_error(launch("recipes/unlearn/tiny_debug.yaml", "eval.suite=evals/missing.yaml",
+                              f"run.output_dir={tmp_path}/run2", "unlearn.learn=false"),
+                       "evals/missing.yaml does not exist")
 
 
 @pytest.mark.slow
@@ -49,4 +52,5 @@ def test_tiny_unlearning_run_with_learn_stage_and_cache(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert set(json.loads((out / "unlearning_eval.json").read_text())["metrics"]) == ROWS
     # the second run found both learned models in the cache
-    assert proc.stderr.count("cached at") == 2
+    assert proc.stderr.count("learn stage `learn_target`: cached") == 1
+    assert proc.stderr.count("learn stage `learn_retain`: cached") == 1

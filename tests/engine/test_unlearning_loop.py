@@ -26,10 +26,13 @@ def _recipe(tmp_path, name, **objective):
     })
 
 
+RMU_TINY = {"layer": 1, "steering": 2.0, "alpha": 1.0}
+
+
 @pytest.mark.parametrize("name", ["ga", "grad_diff", "kl_retain", "npo", "npo_rt", "npo_kl", "simnpo", "simnpo_rt",
-                                  "catnip", "catnip_ref", "max_entropy"])
+                                  "catnip", "catnip_ref", "max_entropy", "idk_dpo", "idk_ap", "rmu"])
 def test_every_unlearning_objective_trains(tmp_path, name):
-    recipe = _recipe(tmp_path, name)
+    recipe = _recipe(tmp_path, name, **(RMU_TINY if name == "rmu" else {}))
     encoded, _ = prepare_data(recipe)
     objective = get_objective(name)
     assert bool(encoded["retain"]) == ("retain" in objective.needs)
@@ -47,6 +50,16 @@ def test_every_unlearning_objective_trains(tmp_path, name):
         assert abs(records[0]["eval/retain_loss"]) < 1e-5 and records[-1]["eval/retain_loss"] > 1e-5
     if name.startswith("npo"):  # at step 0 π = π_ref: the NPO loss is (2/β) ln 2
         assert records[0]["eval/npo_loss"] == pytest.approx(20 * 0.693147, abs=1e-3)
+    if name == "idk_dpo":  # π = π_ref at step 0: margin 0, loss (2/β) ln 2; then the IDK answer gains on the forget one
+        assert records[0]["eval/idk_margin"] == pytest.approx(0.0, abs=1e-4)
+        assert records[0]["eval/idk_dpo_loss"] == pytest.approx(20 * 0.693147, abs=1e-3)
+        assert records[-1]["eval/idk_margin"] > 0
+    if name == "idk_ap":  # NLL(y_idk | x_f) + AP on retain questions, each reported
+        first = records[0]
+        assert first["eval/loss"] == pytest.approx(first["eval/idk_nll"] + first["eval/retain_loss"], rel=1e-5)
+    if name == "rmu":  # the retain activations start equal to the frozen model's
+        assert records[0]["eval/rmu_retain"] == pytest.approx(0.0, abs=1e-8)
+        assert records[-1]["eval/rmu_forget"] < records[0]["eval/rmu_forget"]
 
 
 def test_retain_tensors_from_the_all_token_forward_match_a_label_forward(tmp_path):
@@ -83,3 +96,65 @@ def test_retain_objective_without_retain_data_is_refused(tmp_path):
         recipe_from_dict({"model": {"path": "builtin:tiny-llama"},
                           "data": {"train": "builtin:fictitious_authors", "train_split": "forget05"},
                           "objective": {"name": "npo_rt"}})
+
+
+def test_idk_answers_are_attached_per_row_and_deterministic(tmp_path):
+    recipe = _recipe(tmp_path, "idk_ap")
+    a, _ = prepare_data(recipe)
+    b, _ = prepare_data(recipe)
+    assert all("idk_completion_ids" in e for e in a["train"] + a["retain"])
+    assert [e["idk_completion_ids"] for e in a["train"]] == [e["idk_completion_ids"] for e in b["train"]]
+    assert len({tuple(e["idk_completion_ids"]) for e in a["train"]}) > 3  # several phrasings in use
+    assert all(e["idk_prompt_ids"] == e["prompt_ids"] for e in a["train"])
+
+
+def test_idk_answers_file_and_errors(tmp_path):
+    from alignkit.data.idk import load_idk_answers
+    from alignkit.errors import DataError
+
+    good = tmp_path / "idk.jsonl"
+    good.write_text('{"text": "No idea."}\n{"text": "Cannot say."}\n')
+    assert load_idk_answers(str(good)) == ("No idea.", "Cannot say.")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[""]')
+    with pytest.raises(DataError, match="no usable answers"):
+        load_idk_answers(str(bad))
+    with pytest.raises(DataError, match="does not exist"):
+        load_idk_answers(str(tmp_path / "missing.jsonl"))
+
+
+def test_rmu_hidden_states_and_trainable_parameters(tmp_path):
+    """The hook hands over layer-ℓ outputs equal to HF's output_hidden_states[ℓ + 1]; optim.trainable freezes the
+    rest, so only the named weights move."""
+    from contextlib import nullcontext
+
+    from alignkit.data.encode import collate_forget
+    from alignkit.models.loading import load_causal_lm
+
+    recipe = _recipe(tmp_path, "rmu", **RMU_TINY)
+    encoded, _ = prepare_data(recipe)
+    model = load_causal_lm("builtin:tiny-llama").eval()
+    batch = collate_forget([{**e, "index": i} for i, e in enumerate(encoded["train"][:2])], encoded["pad_id"])
+    data = TrainData(encoded["kind"], encoded["train"], encoded["eval"], encoded["pad_id"], encoded["retain"])
+    from alignkit.engine.loop import LiveReference
+
+    reference = LiveReference(load_causal_lm("builtin:tiny-llama"), nullcontext())
+    params = get_objective("rmu").make_params(RMU_TINY)
+    with torch.no_grad():
+        inputs = objective_inputs(get_objective("rmu"), model, batch, nullcontext(), reference,
+                                  retain_batch_for(data, 2, 0), params)
+        hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    torch.testing.assert_close(inputs["hidden"], hf.hidden_states[2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs["retain_hidden"], inputs["ref_retain_hidden"], atol=1e-6, rtol=0)
+
+    pattern = r"layers\.1\.mlp\.down_proj\.weight"
+    trained = _recipe(tmp_path / "run", "rmu", **RMU_TINY)
+    trained.optim.trainable = [pattern]
+    before = {n: p.detach().clone() for n, p in load_causal_lm("builtin:tiny-llama").named_parameters()}
+    policy = load_causal_lm("builtin:tiny-llama")
+    train(trained, data, tmp_path / "run", model=policy)
+    moved = {n for n, p in policy.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved == {"model.layers.1.mlp.down_proj.weight"}
+    trained.optim.trainable = ["no_such_parameter"]
+    with pytest.raises(Exception, match="matches no parameter"):
+        train(trained, data, tmp_path / "run2", model=load_causal_lm("builtin:tiny-llama"))

@@ -80,3 +80,11 @@ def test_recovery_ratio():
     assert m.recovery_ratio(0.64, 0.22, 0.45) == pytest.approx(0.5476, abs=1e-4)
     assert m.recovery_ratio(0.64, 0.22, 0.45, floor=0.25) == pytest.approx(0.5128, abs=1e-4)
     assert math.isnan(m.recovery_ratio(1.0, 1.0, 0.5))
+
+
+def test_fact_recalled():
+    assert m.fact_recalled('"The Salt Tide"', 'Her best-known book is "The Salt Tide".')
+    assert m.fact_recalled("Reykjavik", "She was born in reykjavik.")
+    assert not m.fact_recalled("Reykjavik", "She was born in Oslo.")
+    assert m.fact_recalled("1994", "born in 1994") and not m.fact_recalled("1994", "born in 1949")
+    assert not m.fact_recalled("", "anything")
