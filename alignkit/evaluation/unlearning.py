@@ -71,9 +71,16 @@ class ModelProbe:
                     out.append(item)
         return out
 
+    def qa_row(self, question: str, answer: str) -> dict:
+        """A QA item as the model reads it: chat turns, or for a tokenizer without a chat template (MUSE's base
+        models) the plain "Question: ... Answer: ..." format the MUSE/open-unlearning evaluations use."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return {"prompt": [{"role": "user", "content": question}],
+                    "completion": [{"role": "assistant", "content": answer}]}
+        return {"prompt": f"Question: {question}\nAnswer:", "completion": f" {answer}"}
+
     def avg_nll(self, questions: list[str], answers: list[str]) -> np.ndarray:
-        rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-                for q, a in zip(questions, answers)]
+        rows = [self.qa_row(q, a) for q, a in zip(questions, answers)]
         return np.array([-s["token_logps"].mean() for s in self._token_stats(rows)])
 
     def sequence_logps(self, prompts: list, completions: list) -> np.ndarray:
@@ -84,8 +91,7 @@ class ModelProbe:
     def answer_stats(self, items: list[dict]) -> list[dict]:
         """Token stats of QA answers given their questions, or of raw texts (items with `text`: every token)."""
         rows = [{"prompt": "", "completion": r["text"], "raw_text": True} if "question" not in r else
-                {"prompt": [{"role": "user", "content": r["question"]}],
-                 "completion": [{"role": "assistant", "content": r["answer"]}]} for r in items]
+                self.qa_row(r["question"], r["answer"]) for r in items]
         return self._token_stats(rows, vocab=True)
 
     def generate(self, prompts: list, max_new_tokens: int = 48) -> list[str]:
@@ -111,7 +117,7 @@ class ModelProbe:
 def _qa_metrics(probe: ModelProbe, items: list[dict], split: str, max_new_tokens: int) -> tuple[dict, dict]:
     questions = [r["question"] for r in items]
     nll_answer = probe.avg_nll(questions, [r["answer"] for r in items])
-    answers = probe.generate([[{"role": "user", "content": q}] for q in questions], max_new_tokens)
+    answers = probe.generate([probe.qa_row(q, "")["prompt"] for q in questions], max_new_tokens)
     metrics = {
         f"{split}/prob": float(um.normalized_probability(nll_answer).mean()),
         f"{split}/rouge": float(np.mean([um.rouge_l(r["answer"], a) for r, a in zip(items, answers)])),

@@ -126,3 +126,18 @@ def test_builtin_suite_reports_fact_recall(tiny):
     small = {k: v[:4] for k, v in sets.items() if k != "multiple_choice"}
     metrics, _ = ue.evaluate_model(*tiny, small, max_new_tokens=3, batch_size=4)
     assert 0 <= metrics["forget/fact"] <= 1 and 0 <= metrics["retain/fact"] <= 1
+
+
+def test_models_without_a_chat_template_read_plain_question_answer(tiny):
+    """MUSE's target models are base LMs: QA is scored as "Question: q\\nAnswer: a" text."""
+    import copy
+
+    model, tok = tiny
+    plain = copy.deepcopy(tok)
+    plain.chat_template = None
+    probe = ue.ModelProbe(model, plain)
+    assert probe.qa_row("Who?", "Me.") == {"prompt": "Question: Who?\nAnswer:", "completion": " Me."}
+    sets = {"forget": [{"question": "Who wrote it?", "answer": "Ann did."}] * 2,
+            "retain": [{"question": "Who read it?", "answer": "Bo did."}] * 2}
+    metrics, _ = ue.evaluate_model(model, plain, sets, max_new_tokens=3)
+    assert 0 < metrics["forget/prob"] < 1 and 0 <= metrics["utility"] <= 1
