@@ -168,6 +168,21 @@ class SweepConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """Generation engines for online methods (alignkit/rollout): Ray actors, weights pushed from the trainer."""
+    backend: Literal["auto", "vllm", "hf"] = "auto"  # auto: vllm when it is installed, else hf
+    num_engines: int = 1
+    cpus_per_engine: float = 1.0
+    gpus_per_engine: float = 0.0  # vllm on GPU: tensor_parallel_size (colocation: a fraction, with sleep/wake)
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.5  # vllm
+    enforce_eager: bool = True  # vllm: no CUDA graphs / torch.compile (required on CPU; slower decode on GPU)
+    batch_size: int = 16  # hf: sequences per generate call
+    threads: int | None = None  # hf: torch threads per engine (default: cpus_per_engine)
+    sync_timeout_s: float = 300.0  # a weight push or generate call that takes longer fails with a clear error
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -180,6 +195,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     # Where the recipe came from, for error messages and the run record; not a YAML key.
     source: str = field(default="<dict>", metadata={"internal": True})
 

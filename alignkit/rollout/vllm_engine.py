@@ -1,0 +1,96 @@
+"""The vLLM rollout engine: `vllm.LLM` in this process (inside a Ray actor). Same interface as the HF engine.
+
+Prompts are rendered with the tokenizer's chat template and passed as token ids, exactly as training encodes them
+(no second BOS). Log-probs are the sampled tokens' log-probs under the model's own distribution (vLLM's default
+`raw_logprobs`). Weights arrive as a state dict (through the Ray object store) and are loaded by every vLLM worker
+with `collective_rpc` -> `model.load_weights`, which works on CPU and GPU; NCCL broadcast from the trainer is not
+built yet (see README "Rollouts")."""
+from __future__ import annotations
+
+import time
+
+from alignkit.rollout.types import Completion, SamplingParams
+
+
+def _load_weights(worker, weights: list) -> int:  # runs inside each vLLM worker
+    worker.model_runner.model.load_weights(weights=weights)
+    return len(weights)
+
+
+class VLLMEngine:
+    backend = "vllm"
+
+    def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, seed: int = 0,
+                 enable_sleep_mode: bool = False):
+        from vllm import LLM
+
+        from alignkit.models.loading import load_tokenizer
+
+        start = time.perf_counter()
+        self.model_path, self.version, self.supports_sleep = model_path, 0, enable_sleep_mode
+        self.tokenizer = load_tokenizer(model_path)
+        self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
+                       enable_sleep_mode=enable_sleep_mode)
+        self.init_seconds = time.perf_counter() - start
+
+    def _prompt_ids(self, prompt) -> list[int]:
+        from alignkit.data.encode import render_prompt
+
+        return self.tokenizer(render_prompt(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
+        from vllm import SamplingParams as VSamplingParams
+
+        params = VSamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
+                                 seed=sampling.seed, logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": self._prompt_ids(p)} for p in prompts], params,
+                                    use_tqdm=False)
+        result = []
+        for i, out in enumerate(outputs):
+            for k, c in enumerate(out.outputs):
+                ids = list(c.token_ids)
+                logprobs = [float(step[t].logprob) for step, t in zip(c.logprobs or [], ids)]
+                result.append(Completion(i, k, c.text, ids, logprobs, "length" if c.finish_reason == "length"
+                                         else "stop"))
+        return result
+
+    def score(self, prompts: list, completions: list[str]) -> list[list[float]]:
+        """Per-token log-probs of fixed completions (vLLM prompt log-probs over prompt + completion)."""
+        from vllm import SamplingParams as VSamplingParams
+
+        from alignkit.data.encode import EncodeSettings, encode_sft
+
+        rows = [encode_sft(self.tokenizer, {"prompt": p, "completion": [{"role": "assistant", "content": c}]
+                                            if isinstance(p, list) else c}, EncodeSettings(4096, 2048))
+                for p, c in zip(prompts, completions)]
+        outputs = self.llm.generate([{"prompt_token_ids": r["prompt_ids"] + r["completion_ids"]} for r in rows],
+                                    VSamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        result = []
+        for r, out in zip(rows, outputs):
+            ids = r["prompt_ids"] + r["completion_ids"]
+            steps = out.prompt_logprobs[len(r["prompt_ids"]):]
+            result.append([float(step[t].logprob) for step, t in zip(steps, ids[len(r["prompt_ids"]):])])
+        return result
+
+    def update_weights(self, weights: dict) -> int:
+        self.llm.collective_rpc(_load_weights, args=(list(weights.items()),))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self.version += 1
+        return self.version
+
+    def sleep(self) -> None:
+        if not self.supports_sleep:
+            raise NotImplementedError("this vLLM engine was created without sleep mode (colocation off)")
+        self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        if not self.supports_sleep:
+            raise NotImplementedError("this vLLM engine was created without sleep mode (colocation off)")
+        self.llm.wake_up()
+
+    def health(self) -> dict:
+        return {"backend": self.backend, "model": self.model_path, "weights_version": self.version, "ok": True,
+                "init_seconds": round(self.init_seconds, 2)}
