@@ -180,6 +180,7 @@ class RolloutConfig:
     batch_size: int = 16  # hf: sequences per generate call
     threads: int | None = None  # hf: torch threads per engine (default: cpus_per_engine)
     sync_timeout_s: float = 300.0  # a weight push or generate call that takes longer fails with a clear error
+    start_timeout_s: float = 900.0  # engines that have not loaded their model by then fail the run
 
 
 @dataclass

