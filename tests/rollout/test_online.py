@@ -1,0 +1,75 @@
+"""The online loop for two rounds end to end on CPU (tiny-llama, HF engine actors, Ray Train worker), and resuming
+after a failure in round 1 from round 0's model."""
+import json
+
+import pytest
+
+from alignkit.config import recipe_from_dict
+from alignkit.data.builtin import BUILTIN_DATASETS
+from alignkit.rollout.feedback import ExactAnswer, Provider
+from alignkit.rollout.online import OnlineSettings, run_online, sft_on_accepted, unpaired_by_score
+from alignkit.rollout.types import SamplingParams
+
+
+def _recipe(tmp_path, objective="sft"):
+    return recipe_from_dict({
+        "run": {"name": "online_test", "output_dir": str(tmp_path / "unused")},
+        "model": {"path": "builtin:tiny-llama"},
+        "data": {"train": "builtin:concise_arithmetic", "max_length": 96, "max_prompt_length": 64},
+        "objective": {"name": objective}, "optim": {"lr": 1e-3},
+        "trainer": {"backend": "torch", "max_steps": 1, "micro_batch_size": 4, "progress_bar": False},
+        "cluster": {"num_workers": 1, "cpus_per_worker": 1},
+        "rollout": {"backend": "hf", "num_engines": 1, "cpus_per_engine": 0.5, "threads": 1},
+        "eval": {"generate": False}})
+
+
+ROWS = BUILTIN_DATASETS["concise_arithmetic"][0]("train", seed=0)[:16]
+SETTINGS = OnlineSettings(rounds=2, prompts_per_round=4, steps_per_round=2,
+                          sampling=SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=1))
+
+
+class FailOnce(Provider):
+    """Fails the first time it is asked in round 1 (its third batch call: round 0 is one call)."""
+
+    def __init__(self):
+        self.calls, self.inner = 0, ExactAnswer()
+
+    def batch(self, rows, completions):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("scorer crashed")
+        return [type(f)(0.5, f.text, f.source) for f in self.inner.batch(rows, completions)]
+
+
+def test_two_rounds_then_resume_after_a_crash(tmp_path):
+    out = tmp_path / "loop"
+    with pytest.raises(RuntimeError, match="scorer crashed"):
+        run_online(_recipe(tmp_path), ROWS, FailOnce(), sft_on_accepted(min_score=0.0), SETTINGS, out)
+    first = json.loads((out / "round_0" / "done.json").read_text())
+    assert not (out / "round_1" / "done.json").exists()
+    assert first["completions"] == 8 and first["train_rows"] == 8 and first["sync_s"] < 60
+    assert (out / "round_0" / "train" / "final" / "config.json").exists()
+
+    results = run_online(_recipe(tmp_path), ROWS, FailOnce(), sft_on_accepted(min_score=0.0), SETTINGS, out)
+    assert [r["round"] for r in results] == [0, 1]
+    assert results[0] == first  # round 0 was not redone
+    assert results[1]["model"].endswith("round_1/train/final")
+    train_recipe = (out / "round_1" / "train" / "recipe.yaml").read_text()
+    assert "round_0/train/final" in train_recipe  # round 1 trained on from round 0's model
+    rollouts = [json.loads(x) for x in (out / "round_1" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 8 and all(r["score"] == 0.5 for r in rollouts)
+
+
+def test_unpaired_rows_and_empty_rounds(tmp_path):
+    from alignkit.rollout.feedback import Feedback
+    from alignkit.rollout.types import Completion
+
+    rows = [{"prompt": [{"role": "user", "content": "1+1?"}]}, {"prompt": "2+2?"}]
+    comps = [Completion(0, 0, "2", [], [], "stop"), Completion(1, 0, "5", [], [], "stop"),
+             Completion(1, 1, "?", [], [], "stop")]
+    fb = [Feedback(1.0, "", "x"), Feedback(0.0, "", "x"), Feedback(None, "words only", "x")]
+    built = unpaired_by_score(0.5)(rows, comps, fb)
+    assert [r["label"] for r in built] == [True, False]
+    assert built[0]["completion"] == [{"role": "assistant", "content": "2"}] and built[1]["completion"] == "5"
+    assert sft_on_accepted(1.0)(rows, comps, fb) == [{"prompt": rows[0]["prompt"],
+                                                      "completion": [{"role": "assistant", "content": "2"}]}]
