@@ -7,6 +7,7 @@ with `collective_rpc` -> `model.load_weights`, which works on CPU and GPU; NCCL 
 built yet (see README "Rollouts")."""
 from __future__ import annotations
 
+import os
 import time
 
 from alignkit.rollout.types import Completion, SamplingParams
@@ -23,6 +24,9 @@ class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, seed: int = 0,
                  enable_sleep_mode: bool = False):
+        # The engine core in this process (inside its Ray actor): no extra process to spawn, and weight loading
+        # through collective_rpc reaches the model directly.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         from alignkit.models.loading import load_tokenizer
