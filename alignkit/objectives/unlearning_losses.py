@@ -13,10 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-
-def token_mean_nll(token_logps: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """Mean NLL over all supervised tokens of the batch; token_logps, token_mask [B, T]."""
-    return -(token_logps * token_mask).sum() / token_mask.sum().clamp(min=1)
+from alignkit.objectives.sft import token_mean_nll  # noqa: F401  (the token-mean NLL, shared with SFT)
 
 
 def npo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
