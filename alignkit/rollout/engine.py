@@ -75,14 +75,30 @@ class RolloutPool:
         from alignkit.distributed.ray_train import ensure_ray
 
         ensure_ray()
-        self.cfg, self.backend = cfg, resolve_backend(cfg.backend)
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.cfg, self.backend, self.actors = cfg, resolve_backend(cfg.backend), []
         start = time.perf_counter()
-        remote = ray.remote(num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine)(EngineActor)
+        # All engines' resources are reserved at once (a placement group), so a cluster that cannot hold them fails
+        # here with a message instead of leaving some engines pending forever.
+        bundle = {"CPU": cfg.cpus_per_engine, **({"GPU": cfg.gpus_per_engine} if cfg.gpus_per_engine else {})}
+        self.placement = placement_group([bundle] * cfg.num_engines, strategy="PACK")
+        try:
+            ray.get(self.placement.ready(), timeout=min(cfg.start_timeout_s, 120))
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.placement)
+            raise RolloutError(f"cannot reserve {cfg.num_engines} rollout engine(s) x {bundle} on this Ray cluster "
+                               f"(it has {ray.cluster_resources()}); lower rollout.num_engines / cpus_per_engine / "
+                               "gpus_per_engine or add nodes") from None
+        remote = ray.remote(EngineActor)
         kwargs = dict(batch_size=cfg.batch_size, threads=cfg.threads or max(1, int(cfg.cpus_per_engine)),
                       tensor_parallel_size=cfg.tensor_parallel_size,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
-        self.actors = [remote.remote(self.backend, model_path, dtype, {**kwargs, "seed": seed + i})
-                       for i in range(cfg.num_engines)]
+        self.actors = [remote.options(
+            num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=i),
+        ).remote(self.backend, model_path, dtype, {**kwargs, "seed": seed + i}) for i in range(cfg.num_engines)]
         # waits for every engine to load (or fails with its error)
         self._get([a.health.remote() for a in self.actors], "engine start", cfg.start_timeout_s)
         log.info("rollout: %d %s engine(s) of %s ready in %.1f s", len(self.actors), self.backend, model_path,
@@ -145,7 +161,9 @@ class RolloutPool:
 
     def shutdown(self) -> None:
         import ray
+        from ray.util.placement_group import remove_placement_group
 
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+        remove_placement_group(self.placement)

@@ -63,6 +63,12 @@ def test_a_hung_engine_is_a_clear_error(ray_local, tiny_model_dir, monkeypatch):
     assert hf.HFEngine.supports_sleep is False
 
 
+def test_a_pool_the_cluster_cannot_hold_fails_clearly(ray_local, tiny_model_dir):
+    with pytest.raises(RolloutError, match="cannot reserve 2 rollout engine"):
+        RolloutPool(str(tiny_model_dir), RolloutConfig(backend="hf", num_engines=2, cpus_per_engine=1.5,
+                                                       start_timeout_s=3))
+
+
 def test_backend_resolution(monkeypatch):
     import importlib.util
 
