@@ -3,7 +3,7 @@
 Prompts are rendered with the tokenizer's chat template and passed as token ids, exactly as training encodes them
 (no second BOS). Log-probs are the sampled tokens' log-probs under the model's own distribution (vLLM's default
 `raw_logprobs`). Weights arrive as a state dict (through the Ray object store) and are loaded by every vLLM worker
-with `collective_rpc` -> `model.load_weights`, which works on CPU and GPU; NCCL broadcast from the trainer is not
+with `collective_rpc` -> the worker's in-place `reload_weights` (CPU and GPU); NCCL broadcast from the trainer is not
 built yet (see README "Rollouts")."""
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from alignkit.rollout.types import Completion, SamplingParams
 
 
 def _load_weights(worker, weights: list) -> int:  # runs inside each vLLM worker
-    worker.model_runner.model.load_weights(weights=weights)
+    # vLLM's in-place reload: checkpoint-format tensors go through the model's weight loaders and the layers are
+    # re-processed afterwards (on CPU the linear weights are repacked for oneDNN, so a plain `model.load_weights`
+    # after start-up fails: the packed layers have no weight loaders left).
+    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
     return len(weights)
 
 

@@ -15,8 +15,25 @@ PROMPTS = [[{"role": "user", "content": "What is 2 + 3?"}], "The capital of Fran
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_model_dir):
-    return VLLMEngine(str(tiny_model_dir), gpu_memory_utilization=0.2), HFEngine(str(tiny_model_dir))
+def vllm_tiny_dir(tmp_path_factory, tiny_model_dir):
+    """tiny-llama's shape with head_dim 64 (vLLM's CPU attention has no kernel for tiny-llama's head_dim 16)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("vllm_tiny")
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def engines(vllm_tiny_dir):
+    return VLLMEngine(vllm_tiny_dir, gpu_memory_utilization=0.2), HFEngine(vllm_tiny_dir)
 
 
 def test_generate_interface(engines):
@@ -47,11 +64,11 @@ def test_stop_strings(engines):
     assert stop not in cut.text and cut.finish_reason == "stop"
 
 
-def test_weight_sync(engines, tiny_model_dir):
+def test_weight_sync(engines, vllm_tiny_dir):
     from alignkit.models.loading import load_causal_lm
 
     vllm_engine, hf_engine = engines
-    model = load_causal_lm(str(tiny_model_dir))
+    model = load_causal_lm(vllm_tiny_dir)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.7)
