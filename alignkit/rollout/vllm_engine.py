@@ -50,14 +50,17 @@ class VLLMEngine:
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         from vllm import SamplingParams as VSamplingParams
 
-        params = VSamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+        greedy = sampling.temperature == 0
+        # vLLM refuses n > 1 with greedy decoding; greedy samples are identical, so one is drawn and repeated
+        params = VSamplingParams(n=1 if greedy else sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
                                  seed=sampling.seed, logprobs=0)
         outputs = self.llm.generate([{"prompt_token_ids": self._prompt_ids(p)} for p in prompts], params,
                                     use_tqdm=False)
         result = []
         for i, out in enumerate(outputs):
-            for k, c in enumerate(out.outputs):
+            samples = out.outputs * sampling.n if greedy else out.outputs
+            for k, c in enumerate(samples):
                 ids = list(c.token_ids)
                 logprobs = [float(step[t].logprob) for step, t in zip(c.logprobs or [], ids)]
                 result.append(Completion(i, k, c.text, ids, logprobs, "length" if c.finish_reason == "length"

@@ -79,3 +79,22 @@ def test_weight_sync(engines, vllm_tiny_dir):
     assert abs(sum(before[0]) - sum(after[0])) > 1e-3
     for a, b in zip(after, reference):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+
+
+def test_vllm_engine_as_a_ray_actor(vllm_tiny_dir):
+    import ray
+
+    from alignkit.config.schema import RolloutConfig
+    from alignkit.models.loading import load_causal_lm
+    from alignkit.rollout.engine import RolloutPool
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        pool = RolloutPool(vllm_tiny_dir, RolloutConfig(backend="vllm", num_engines=1, cpus_per_engine=1,
+                                                        gpu_memory_utilization=0.2))
+        out = pool.generate(PROMPTS, SamplingParams(n=2, temperature=0.0, max_tokens=4))
+        assert len(out) == 4 and pool.health()[0]["backend"] == "vllm"
+        assert pool.update_weights(load_causal_lm(vllm_tiny_dir).state_dict())["version"] == 1
+        pool.shutdown()
+    finally:
+        ray.shutdown()
