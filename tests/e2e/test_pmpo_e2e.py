@@ -3,9 +3,12 @@ reference with exact KL, one-sided mode. (The torch backend keeps the default su
 covered by test_ray_train_e2e.py and test_fault_tolerance.py.)"""
 import json
 
+import pytest
+
 from tests.e2e.test_cli import launch
 
 
+@pytest.mark.slow  # ~45 s; PMPO's loop path (live reference, exact KL) stays in tests/engine/test_loop.py
 def test_tiny_pmpo_rejected_only_run(tmp_path):
     out = tmp_path / "run"
     proc = launch("recipes/pmpo/rejected_only_builtin.yaml", "model.path=builtin:tiny-llama",

@@ -139,12 +139,13 @@ def test_rmu_hidden_states_and_trainable_parameters(tmp_path):
     from alignkit.engine.loop import LiveReference
 
     reference = LiveReference(load_causal_lm("builtin:tiny-llama"), nullcontext())
-    params = get_objective("rmu").make_params(RMU_TINY)
+    # layer 0's output is HF's hidden_states[1] (the last entry of output_hidden_states is after the final norm)
+    params = get_objective("rmu").make_params({**RMU_TINY, "layer": 0})
     with torch.no_grad():
         inputs = objective_inputs(get_objective("rmu"), model, batch, nullcontext(), reference,
                                   retain_batch_for(data, 2, 0), params)
         hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    torch.testing.assert_close(inputs["hidden"], hf.hidden_states[2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs["hidden"], hf.hidden_states[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(inputs["retain_hidden"], inputs["ref_retain_hidden"], atol=1e-6, rtol=0)
 
     pattern = r"layers\.1\.mlp\.down_proj\.weight"

@@ -46,21 +46,21 @@ def test_pool_generates_scores_and_syncs_weights(ray_local, tiny_model_dir):
     pool.shutdown()
 
 
-def test_a_hung_engine_is_a_clear_error(ray_local, tiny_model_dir, monkeypatch):
-    from alignkit.rollout import hf
-
-    pool = RolloutPool(str(tiny_model_dir), RolloutConfig(backend="hf", num_engines=1, cpus_per_engine=0.5,
-                                                          threads=1, sync_timeout_s=2))
+def test_a_hung_engine_is_a_clear_error(ray_local):
+    """A call that outlives rollout.sync_timeout_s fails naming the operation and the setting (no engine needed:
+    the pool's waiting is what is tested)."""
     import ray
 
     @ray.remote
     def hang():
         time.sleep(30)
 
-    with pytest.raises(RolloutError, match="did not finish within rollout.sync_timeout_s = 2 s"):
+    pool = RolloutPool.__new__(RolloutPool)
+    pool.cfg, pool.backend, pool.actors = RolloutConfig(sync_timeout_s=2), "hf", [None]
+    start = time.perf_counter()
+    with pytest.raises(RolloutError, match="weight sync did not finish within rollout.sync_timeout_s = 2 s"):
         pool._get(hang.remote(), "weight sync")
-    pool.shutdown()
-    assert hf.HFEngine.supports_sleep is False
+    assert time.perf_counter() - start < 10
 
 
 def test_a_pool_the_cluster_cannot_hold_fails_clearly(ray_local, tiny_model_dir):
