@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--backends", nargs="+", default=["vllm", "hf"])
-    p.add_argument("--out", default="bench/results/rollout.json")
+    p.add_argument("--out", default="runs/bench_rollout.json")
     args = p.parse_args()
 
     from alignkit.models.loading import load_causal_lm, resolve_model_path
