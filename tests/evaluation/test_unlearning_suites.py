@@ -141,3 +141,15 @@ def test_models_without_a_chat_template_read_plain_question_answer(tiny):
             "retain": [{"question": "Who read it?", "answer": "Bo did."}] * 2}
     metrics, _ = ue.evaluate_model(model, plain, sets, max_new_tokens=3)
     assert 0 < metrics["forget/prob"] < 1 and 0 <= metrics["utility"] <= 1
+
+
+def test_cli_on_any_checkpoint(tmp_path, tiny_model_dir, capsys):
+    forget, retain = _tofu(tmp_path, "f", 3), _tofu(tmp_path, "r", 3)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"sets:\n  forget: {{data: {forget}}}\n  retain: {{data: {retain}}}\nmax_new_tokens: 3\n")
+    assert ue.main([f"tiny={tiny_model_dir}", "--suite", str(suite), "--retain-model", str(tiny_model_dir),
+                    "--out", str(tmp_path / "out"), "--threads", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| metric | retain | tiny |" in table and "| forget_quality | 1 | 1 |" in table
+    result = json.loads((tmp_path / "out" / "unlearning_eval.json").read_text())
+    assert set(result["metrics"]) == {"retain", "tiny"}
