@@ -49,7 +49,12 @@ def catnip_loss(token_logps: torch.Tensor, token_mask: torch.Tensor, beta: float
     mask = token_mask.bool()
     # Masked positions hold log p = 0 (p = 1, log(1 - p) = -inf): give them a harmless value, then drop them.
     token_logps = torch.where(mask, token_logps.clamp(max=0.0), torch.full_like(token_logps, -1.0))
-    anchor = log1m_exp(token_logps.detach()) if ref_token_logps is None else ref_token_logps
+    # A token the model is certain of has log p == 0 exactly in fp32, so log(1 - p) = -inf and the loss is inf (a
+    # memorised forget set makes every batch non-finite). The anchor caps p at 1 - 1e-7 (log(1 - p) >= -16.1): the
+    # loss stays finite and its gradient weight tends to β, CATNIP's limit for p -> 1 (the authors' code computes
+    # log(1 - p) from the logits, which stays finite the same way).
+    anchor = (log1m_exp(token_logps.detach().clamp(max=math.log1p(-1e-7))) if ref_token_logps is None
+              else ref_token_logps)
     per_token = torch.where(mask, -F.logsigmoid(beta * (anchor - token_logps)), torch.zeros_like(token_logps))
     return per_token.sum() / mask.sum().clamp(min=1)
 

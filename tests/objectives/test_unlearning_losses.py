@@ -78,6 +78,20 @@ def test_catnip_token_mean_over_the_batch_and_masking():
     assert torch.isfinite(lp.grad).all() and float(lp.grad[0, 1]) == 0.0
 
 
+def test_catnip_on_a_token_the_model_is_certain_of():
+    """log p == 0 exactly (a memorised token in fp32) once made the loss inf and every batch non-finite (measured on
+    the built-in benchmark); with p capped at 1 - 1e-7 in the anchor, the loss is log(1e7) ≈ 16.1 and the gradient
+    weight is CATNIP's limit for p -> 1, β."""
+    for beta in (1.0, 2.0):
+        lp = T([[0.0, math.log(0.5)]], requires_grad=True)
+        value = catnip_loss(lp, T([[1.0, 1.0]]), beta)
+        assert torch.isfinite(value)
+        value.backward()
+        assert float(lp.grad[0, 0]) == pytest.approx(beta / 2, abs=1e-4)  # token-mean over 2 tokens
+    single = catnip_loss(T([[0.0]]), T([[1.0]]), 1.0)
+    assert float(single) == pytest.approx(-math.log(1 / (1 + 1e-7 / (1 - 1e-7))) + math.log(1e7), rel=1e-3)
+
+
 def test_catnip_reference_variant():
     value = catnip_loss(T([[-1.0]]), T([[1.0]]), 1.0, ref_token_logps=T([[-0.5]]))
     assert float(value) == pytest.approx(0.4741, abs=1e-4)
