@@ -41,6 +41,7 @@ class FailOnce(Provider):
         return [type(f)(0.5, f.text, f.source) for f in self.inner.batch(rows, completions)]
 
 
+@pytest.mark.slow  # ~70 s alone (two Ray Train stages and two engine pools): keeps the default run under 10 minutes
 def test_two_rounds_then_resume_after_a_crash(tmp_path):
     out = tmp_path / "loop"
     with pytest.raises(RuntimeError, match="scorer crashed"):
