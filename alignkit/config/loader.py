@@ -242,6 +242,7 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(t.eval_every >= 0, "trainer.eval_every", "must be >= 0 (0 = evaluate at start and end only)")
     need(t.log_every > 0, "trainer.log_every", "must be > 0")
     need(t.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = no checkpoints)")
+    need(t.export_every >= 0, "trainer.export_every", "must be >= 0 (0 = only the final model)")
     need(t.keep_checkpoints > 0, "trainer.keep_checkpoints", "must be > 0")
     need(c.max_failures >= 0, "cluster.max_failures", "must be >= 0")
     need(c.max_failures == 0 or t.checkpoint_every > 0, "cluster.max_failures",

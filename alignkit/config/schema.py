@@ -97,6 +97,7 @@ class TrainerConfig:
     log_every: int = 1
     progress_bar: bool = True
     checkpoint_every: int = 0  # optimizer steps between checkpoints (model, optimizer, scheduler, RNG, data position)
+    export_every: int = 0  # optimizer steps between exported models (<output>/step_<N>, HF format; 0 = final only)
     keep_checkpoints: int = 2  # retention: keep the last K (or the best K by checkpoint_metric)
     checkpoint_metric: str | None = None  # e.g. eval/loss: keep the best instead of the last
     checkpoint_mode: Literal["min", "max"] = "min"

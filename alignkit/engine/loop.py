@@ -564,6 +564,9 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             writer.write(record)
         if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
             checkpoint(step + 1, {**record, **last_eval})
+        if t.export_every and (step + 1) % t.export_every == 0 and not is_last:
+            # a loadable model of this step (e.g. to evaluate a method along its training); the last is `final`
+            export_model(backend, model, recipe, output_dir / f"step_{step + 1}", rank)
         if hooks.on_step_end is not None:
             hooks.on_step_end(step + 1, rank)
         window_start, window_tokens = time.perf_counter(), 0  # after eval/logging: step time is training only

@@ -156,6 +156,11 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
     # A resumed run keeps its metrics (the workers cut them back to the checkpoint's step); a fresh run starts clean.
     for name in stale + (() if recipe.run.resume else ("metrics.jsonl",)):
         (out / name).unlink(missing_ok=True)
+    if not recipe.run.resume:  # models exported along an earlier run (trainer.export_every) are not this run's
+        import shutil
+
+        for old in out.glob("step_*"):
+            shutil.rmtree(old, ignore_errors=True)
     (out / "recipe.yaml").write_text(
         dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
         + "provenance: " + json.dumps(provenance()) + "\n")

@@ -285,8 +285,10 @@ def run(recipe: Recipe) -> Path:
     stage_seconds["unlearn"] = time.perf_counter() - start
 
     out = trained.out
+    # trainer.export_every: the models along the way are evaluated too (rows `step N`): where to stop
+    steps = sorted(out.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     models = {"target": target, **({"retain": retain_model} if retain_model else {}),
-              "unlearned": str(out / "final")}
+              **{f"step {p.name.split('_')[1]}": str(p) for p in steps}, "unlearned": str(out / "final")}
     c = recipe.cluster
     task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(evaluate_checkpoints)
     start = time.perf_counter()

@@ -56,7 +56,7 @@ def tiny_data(tokenizer):
 
 
 def test_train_writes_metrics_and_final_model(tmp_path, tiny_data):
-    summary = train(_recipe(tmp_path, eval_every=2), tiny_data, tmp_path)
+    summary = train(_recipe(tmp_path, eval_every=2, export_every=2), tiny_data, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert records[0]["eval/loss"] == pytest.approx(0.6931, abs=1e-4)  # policy == reference at the start
@@ -68,6 +68,10 @@ def test_train_writes_metrics_and_final_model(tmp_path, tiny_data):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert (tmp_path / "final" / "tokenizer_config.json").exists()
+    # trainer.export_every: the model of step 2 beside the final one (step 4 is `final`)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_2"]
+    mid = AutoModelForCausalLM.from_pretrained(tmp_path / "step_2")
+    assert any(not torch.equal(a, b) for a, b in zip(mid.parameters(), model.parameters()))
 
 
 def test_grad_accum_equals_bigger_micro_batch(tmp_path, tiny_data):
