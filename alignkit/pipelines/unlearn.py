@@ -62,11 +62,12 @@ def learn_recipe(recipe: Recipe, role: str) -> Recipe:
     d["optim"].update(lr=u.learn_lr, scheduler="constant", warmup_steps=0)
     micro = max(1, u.learn_batch_size // (recipe.cluster.num_workers * recipe.trainer.grad_accum))
     d["trainer"].update(max_steps=math.ceil(u.learn_epochs * items / u.learn_batch_size), micro_batch_size=micro,
-                        eval_every=0, checkpoint_every=0)
+                        eval_every=0, checkpoint_every=0, export_every=0)
     d["eval"].update(generate=False)
     d["sweep"] = {}
     key = {k: d[k] for k in ("model", "data", "objective", "optim", "trainer")} | {"seed": d["run"]["seed"]}
-    key["trainer"] = {k: v for k, v in key["trainer"].items() if k not in ("progress_bar", "log_every")}
+    # settings that do not change the learned weights do not change the cache key
+    key["trainer"] = {k: v for k, v in key["trainer"].items() if k not in ("progress_bar", "log_every", "export_every")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     d["run"].update(name=f"learn_{role}", output_dir=str(cache_dir() / "unlearn" / f"{role}-{digest}"), resume=None,
                     storage_path=None)

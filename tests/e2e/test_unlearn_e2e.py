@@ -15,10 +15,10 @@ def test_tiny_unlearning_run_without_learn_stage(tmp_path):
     out = tmp_path / "run"
     proc = launch("recipes/unlearn/tiny_debug.yaml", f"run.output_dir={out}", "unlearn.learn=false",
                   "unlearn.retain_model_path=builtin:tiny-llama", "trainer.backend=torch", "trainer.zero_stage=0",
-                  "cluster.num_workers=1", timeout=600)
+                  "cluster.num_workers=1", "trainer.export_every=1", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "unlearning_eval.json").read_text())
-    assert set(result["metrics"]) == ROWS
+    assert set(result["metrics"]) == ROWS | {"step 1"}  # trainer.export_every: the model after step 1 too
     target, retain = result["metrics"]["target"], result["metrics"]["retain"]
     assert target["forget_quality"] == pytest.approx(1.0)  # the same model as the retain model here
     assert retain["forget/prob"] == pytest.approx(target["forget/prob"])
@@ -40,6 +40,21 @@ def test_unlearning_recipe_on_data_without_qa_fields(tmp_path):
     assert_clean_error(launch("recipes/unlearn/tiny_debug.yaml", "eval.suite=evals/missing.yaml",
                               f"run.output_dir={tmp_path}/run2", "unlearn.learn=false"),
                        "evals/missing.yaml does not exist")
+
+
+def test_learn_stage_cache_key_ignores_settings_that_do_not_change_the_weights(tmp_path, monkeypatch):
+    from alignkit.config import load_recipe
+    from alignkit.pipelines.unlearn import learn_recipe
+
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path))
+    base = load_recipe("recipes/unlearn/npo_builtin.yaml")
+    paths = {learn_recipe(load_recipe("recipes/unlearn/npo_builtin.yaml", overrides), "target").output_dir
+             for overrides in ([], ["trainer.export_every=4"], ["trainer.progress_bar=false"])}
+    assert len(paths) == 1
+    assert learn_recipe(load_recipe("recipes/unlearn/npo_builtin.yaml", ["trainer.export_every=4"]),
+                        "target").trainer.export_every == 0  # the learn stage does not export along the way
+    assert learn_recipe(base, "target").output_dir != learn_recipe(load_recipe(
+        "recipes/unlearn/npo_builtin.yaml", ["unlearn.learn_lr=1e-4"]), "target").output_dir
 
 
 @pytest.mark.slow
