@@ -243,6 +243,14 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(t.log_every > 0, "trainer.log_every", "must be > 0")
     need(t.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0 = no checkpoints)")
     need(t.export_every >= 0, "trainer.export_every", "must be >= 0 (0 = only the final model)")
+    ro = recipe.rollout
+    need(ro.num_engines >= 1, "rollout.num_engines", f"must be >= 1, got {ro.num_engines}")
+    need(ro.sync_bucket_mb >= 1, "rollout.sync_bucket_mb", f"must be >= 1, got {ro.sync_bucket_mb}")
+    need(not (ro.weight_sync == "collective" and ro.backend == "hf"), "rollout.weight_sync",
+         "collective needs rollout.backend: vllm (the hf engine takes weights through the object store)")
+    need(not ro.colocate or (ro.backend != "hf" and ro.gpus_per_engine > 0), "rollout.colocate",
+         "needs vLLM engines on GPUs (rollout.backend: vllm, gpus_per_engine > 0): vLLM's sleep mode frees GPU "
+         "memory and is not available on CPU")
     need(t.keep_checkpoints > 0, "trainer.keep_checkpoints", "must be > 0")
     need(c.max_failures >= 0, "cluster.max_failures", "must be >= 0")
     need(c.max_failures == 0 or t.checkpoint_every > 0, "cluster.max_failures",

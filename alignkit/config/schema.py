@@ -181,6 +181,12 @@ class RolloutConfig:
     batch_size: int = 16  # hf: sequences per generate call
     threads: int | None = None  # hf: torch threads per engine (default: cpus_per_engine)
     sync_timeout_s: float = 300.0  # a weight push or generate call that takes longer fails with a clear error
+    # how new weights reach the engines: collective = from trainer rank 0 through vLLM's weight-transfer protocol
+    # (NCCL on GPU, gloo on CPU), in buckets; object_store = a state dict through Ray's object store (any backend);
+    # auto = collective for vllm, object_store for hf
+    weight_sync: Literal["auto", "collective", "object_store"] = "auto"
+    sync_bucket_mb: int = 256  # collective: bytes per broadcast
+    colocate: bool = False  # vllm on the trainer's GPUs: engines sleep (free their memory) while the trainer trains
     start_timeout_s: float = 900.0  # engines that have not loaded their model by then fail the run
 
 

@@ -2,6 +2,7 @@
 inside a Ray job), and turn worker failures back into one readable error."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -93,6 +94,13 @@ def _worker_main(config: dict) -> None:
     data = TrainData(kind=encoded["kind"], train=encoded["train"], eval=encoded["eval"], pad_id=encoded["pad_id"],
                      retain=encoded.get("retain", []))
     hooks = RunHooks(save_checkpoint=_report_checkpoint, on_step_end=_fault_injector())
+    sink = config.get("weight_sink")
+    if sink is not None:
+        def push(state: dict) -> dict:
+            pushed = sink.send(state)
+            (Path(config["output_dir"]) / "weight_sync.json").write_text(json.dumps(pushed))
+            return {"rollout/sync_s": pushed["seconds"]}
+        hooks.on_final_weights = push
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         summary = train(recipe, data, config["output_dir"], hooks=hooks)
@@ -116,8 +124,9 @@ def _experiment_name(recipe: Recipe, storage: Path) -> str:
     return f"{recipe.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_training(recipe: Recipe, encoded: dict, output_dir: Path) -> None:
-    """Fit a TorchTrainer with `cluster.num_workers` workers; raises AlignkitError with the worker's message."""
+def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=None) -> None:
+    """Fit a TorchTrainer with `cluster.num_workers` workers; raises AlignkitError with the worker's message.
+    `weight_sink`: rank 0 sends the final weights through it (to rollout engines) and writes weight_sync.json."""
     import ray
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -132,7 +141,7 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path) -> None:
     trainer = TorchTrainer(
         _worker_main,
         train_loop_config={"recipe": recipe_to_dict(recipe), "source": recipe.source,
-                           "data_ref": ray.put(encoded), "output_dir": str(output_dir)},
+                           "data_ref": ray.put(encoded), "output_dir": str(output_dir), "weight_sink": weight_sink},
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=_experiment_name(recipe, Path(storage)) if isinstance(storage, Path) else recipe.run.name,

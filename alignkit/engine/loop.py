@@ -368,6 +368,9 @@ class RunHooks:
     # (step, metrics, write): called on every rank at checkpoint steps; `write(directory)` saves this rank's state.
     save_checkpoint: Callable[[int, dict, Callable[[Path], None]], None] | None = None
     on_step_end: Callable[[int, int], None] | None = None  # (step, rank), e.g. fault injection in tests
+    # called on rank 0 with the final full weights (ZeRO-3 shards gathered), e.g. to push them to rollout engines;
+    # what it returns is added to the run's summary
+    on_final_weights: Callable[[dict], dict] | None = None
 
 
 def save_state(backend, directory: Path, step: int, tokens_seen: int, rank: int, references: dict) -> None:
@@ -575,25 +578,28 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", refresh=False)
     if progress is not None:
         progress.close()
-    export_model(backend, model, recipe, output_dir / "final", rank)
-    return {**last_train, **last_eval, "train/tokens": tokens_seen}
+    final = export_model(backend, model, recipe, output_dir / "final", rank)
+    pushed = hooks.on_final_weights(final) if hooks.on_final_weights is not None and final is not None else {}
+    return {**last_train, **last_eval, "train/tokens": tokens_seen, **pushed}
 
 
-def export_model(backend, model, recipe: Recipe, path: Path, rank: int) -> None:
-    """A Hugging Face directory (safetensors) loadable by AutoModelForCausalLM.from_pretrained; rank 0 writes it."""
+def export_model(backend, model, recipe: Recipe, path: Path, rank: int) -> dict | None:
+    """A Hugging Face directory (safetensors) loadable by AutoModelForCausalLM.from_pretrained; rank 0 writes it and
+    gets the exported weights back (None on other ranks)."""
     state = backend.state_dict_for_export()  # collective under ZeRO-3: every rank calls it
     if rank != 0 or state is None:
-        return
+        return None
     from alignkit.models.loading import load_tokenizer
 
     dtype = DTYPES[recipe.model.dtype]
     state = {k: v.to(dtype) for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     target = model.module if hasattr(model, "module") else model
-    target.save_pretrained(tmp, state_dict=state)
+    target.save_pretrained(tmp, state_dict=dict(state))  # a copy: save_pretrained drops tied weights from it
     load_tokenizer(recipe.model.path).save_pretrained(tmp)
     if path.exists():
         import shutil
 
         shutil.rmtree(path)
     os.replace(tmp, path)
+    return state

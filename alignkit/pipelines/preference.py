@@ -146,8 +146,10 @@ class TrainedRun:
         }
 
 
-def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviour.json")) -> TrainedRun:
-    """Write the run record, prepare the data in the driver, and train in Ray Train workers."""
+def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviour.json"),
+                weight_sink=None) -> TrainedRun:
+    """Write the run record, prepare the data in the driver, and train in Ray Train workers. `weight_sink`
+    (rollout/weight_sync.py CollectiveSync): rank 0 pushes the final weights to rollout engines through it."""
     from alignkit.distributed.ray_train import ensure_ray, run_training
 
     started = time.perf_counter()
@@ -179,7 +181,7 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
 
     ensure_ray()
     t1 = time.perf_counter()
-    run_training(recipe, encoded, out)
+    run_training(recipe, encoded, out, weight_sink=weight_sink)
     return TrainedRun(out, model_dir, info, time.perf_counter() - t1, started)
 
 

@@ -25,9 +25,25 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def resolve_weight_sync(weight_sync: str, backend: str) -> str:
+    if weight_sync == "auto":
+        return "collective" if backend == "vllm" else "object_store"
+    if weight_sync == "collective" and backend != "vllm":
+        raise RolloutError("rollout.weight_sync: collective needs the vllm backend; the hf engine takes weights "
+                           "through the object store (rollout.weight_sync: object_store)")
+    return weight_sync
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def make_engine(backend: str, model_path: str, dtype: str = "float32", *, batch_size: int = 16,
                 threads: int | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
-                enforce_eager: bool = True, seed: int = 0, enable_sleep_mode: bool = False):
+                enforce_eager: bool = True, seed: int = 0, enable_sleep_mode: bool = False,
+                weight_transfer: str | None = None):
     """One engine in this process."""
     backend = resolve_backend(backend)
     if backend == "hf":
@@ -38,7 +54,7 @@ def make_engine(backend: str, model_path: str, dtype: str = "float32", *, batch_
 
     return VLLMEngine(model_path, dtype, tensor_parallel_size=tensor_parallel_size,
                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-                      enable_sleep_mode=enable_sleep_mode)
+                      enable_sleep_mode=enable_sleep_mode, weight_transfer=weight_transfer)
 
 
 class EngineActor:
@@ -55,6 +71,9 @@ class EngineActor:
 
     def update_weights(self, weights: dict) -> int:
         return self.engine.update_weights(weights)
+
+    def transfer(self, step: str, *args):
+        return self.engine.transfer(step, *args)
 
     def sleep(self) -> None:
         self.engine.sleep()
@@ -92,17 +111,29 @@ class RolloutPool:
                                f"(it has {ray.cluster_resources()}); lower rollout.num_engines / cpus_per_engine / "
                                "gpus_per_engine or add nodes") from None
         remote = ray.remote(EngineActor)
+        self.weight_sync = resolve_weight_sync(cfg.weight_sync, self.backend)
+        on_gpu = cfg.gpus_per_engine > 0
         kwargs = dict(batch_size=cfg.batch_size, threads=cfg.threads or max(1, int(cfg.cpus_per_engine)),
                       tensor_parallel_size=cfg.tensor_parallel_size,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
+        if self.backend == "vllm":
+            kwargs.update(enable_sleep_mode=cfg.colocate,
+                          weight_transfer=None if self.weight_sync != "collective" else
+                          "nccl" if on_gpu else "alignkit_gloo")
         self.actors = [remote.options(
             num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=i),
         ).remote(self.backend, model_path, dtype, {**kwargs, "seed": seed + i}) for i in range(cfg.num_engines)]
         # waits for every engine to load (or fails with its error)
         self._get([a.health.remote() for a in self.actors], "engine start", cfg.start_timeout_s)
-        log.info("rollout: %d %s engine(s) of %s ready in %.1f s", len(self.actors), self.backend, model_path,
-                 time.perf_counter() - start)
+        log.info("rollout: %d %s engine(s) of %s ready in %.1f s (weights by %s)", len(self.actors), self.backend,
+                 model_path, time.perf_counter() - start, self.weight_sync)
+        self.collective = None
+        if self.weight_sync == "collective":
+            from alignkit.rollout.weight_sync import CollectiveSync
+
+            self.collective = CollectiveSync(self.actors, device="cuda" if on_gpu else "cpu",
+                                             bucket_bytes=cfg.sync_bucket_mb << 20, timeout_s=cfg.sync_timeout_s)
 
     def _get(self, refs, what: str, timeout: float | None = None):
         import ray
@@ -138,10 +169,19 @@ class RolloutPool:
     def score(self, prompts: list, completions: list[str]) -> list[list[float]]:
         return self._get(self.actors[0].score.remote(prompts, completions), "score")
 
-    def update_weights(self, weights: dict) -> dict:
-        """Push a full state dict to every engine: one copy in the object store, loaded by each engine."""
+    def update_weights(self, weights: dict, via: str | None = None) -> dict:
+        """Push a full state dict (HF names) to every engine: through the transfer group (rollout.weight_sync:
+        collective; needs a GPU in this process when the engines are on GPUs) or as one copy in the object store
+        that each engine loads. `via` overrides the pool's setting (benchmarks)."""
         import ray
 
+        via = via or self.weight_sync
+        if via == "collective":
+            if self.collective is None:
+                raise RolloutError("these engines were built for rollout.weight_sync: object_store")
+            if self.collective.device == "cpu" or torch_cuda_available():
+                return self.collective.send(weights)
+            log.info("rollout: no GPU in this process for an NCCL push; weights go through the object store")
         start = time.perf_counter()
         ref = ray.put(weights)
         versions = self._get([a.update_weights.remote(ref) for a in self.actors], "weight sync")

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alignkit.rollout.feedback import Feedback, Provider
@@ -62,6 +62,13 @@ def _round_prompts(prompt_rows: list[dict], settings: OnlineSettings, r: int) ->
     k = settings.prompts_per_round
     picks = [order[(r * k + i) % len(order)] for i in range(k)]
     return [prompt_rows[i] for i in picks]
+
+
+def _trainer_can_push(pool, recipe) -> bool:
+    """Trainer rank 0 pushes straight to the engines when they share a transport: gloo between CPU processes,
+    NCCL between GPU workers and GPU engines."""
+    c = pool.collective
+    return c is not None and (c.device == "cpu") == (not recipe.cluster.use_gpu)
 
 
 def run_online(recipe, prompt_rows: list[dict], provider: Provider, build_rows: RowBuilder,
@@ -117,13 +124,24 @@ def run_online(recipe, prompt_rows: list[dict], provider: Provider, build_rows: 
                 d["run"].update(name=f"{recipe.run.name}_round_{r}", output_dir=str(round_dir / "train"),
                                 resume=None, storage_path=None)
                 d["eval"]["generate"] = False
+                if recipe.rollout.colocate:
+                    pool.sleep()  # the engines free their GPU memory for the trainer
+                sink = pool.collective if _trainer_can_push(pool, recipe) else None
+                if sink is not None and recipe.rollout.colocate:
+                    sink = replace(sink, wake_first=True)
                 t1 = time.perf_counter()
-                trained = train_stage(recipe_from_dict(d, source=f"{recipe.source} (online round {r})"))
+                trained = train_stage(recipe_from_dict(d, source=f"{recipe.source} (online round {r})"),
+                                      weight_sink=sink)
                 train_s = time.perf_counter() - t1
                 policy = str(trained.out / "final")
-                weights = load_causal_lm(policy, recipe.model.dtype).state_dict()
-                sync = pool.update_weights(weights)
-                metrics.update(model=policy, train_s=round(train_s, 2), sync_s=round(sync["seconds"], 3))
+                if sink is not None:  # trainer rank 0 pushed the weights at the end of training
+                    sync = json.loads((trained.out / "weight_sync.json").read_text())
+                else:  # from the exported model, through the object store
+                    if recipe.rollout.colocate:
+                        pool.wake()
+                    sync = pool.update_weights(load_causal_lm(policy, recipe.model.dtype).state_dict())
+                metrics.update(model=policy, train_s=round(train_s, 2), sync_s=round(sync["seconds"], 3),
+                               sync_via="trainer rank 0" if sink is not None else "object store")
             done = round_dir / "done.json"
             done.write_text(json.dumps(metrics, indent=1))
             results.append(metrics)

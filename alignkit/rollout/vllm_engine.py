@@ -2,9 +2,9 @@
 
 Prompts are rendered with the tokenizer's chat template and passed as token ids, exactly as training encodes them
 (no second BOS). Log-probs are the sampled tokens' log-probs under the model's own distribution (vLLM's default
-`raw_logprobs`). Weights arrive as a state dict (through the Ray object store) and are loaded by every vLLM worker
-with `collective_rpc` -> the worker's in-place `reload_weights` (CPU and GPU); NCCL broadcast from the trainer is not
-built yet (see README "Rollouts")."""
+`raw_logprobs`). Weights arrive either as a state dict through the Ray object store (`update_weights`: every vLLM
+worker loads it with `collective_rpc` -> its in-place `reload_weights`), or through vLLM's weight-transfer protocol
+from the trainer (`transfer(...)`, driven by rollout/weight_sync.py: NCCL on GPU, alignkit's gloo engine on CPU)."""
 from __future__ import annotations
 
 import os
@@ -26,7 +26,7 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, seed: int = 0,
-                 enable_sleep_mode: bool = False):
+                 enable_sleep_mode: bool = False, weight_transfer: str | None = None):
         # The engine core in this process (inside its Ray actor): no extra process to spawn, and weight loading
         # through collective_rpc reaches the model directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -37,9 +37,15 @@ class VLLMEngine:
         start = time.perf_counter()
         self.model_path, self.version, self.supports_sleep = model_path, 0, enable_sleep_mode
         self.tokenizer = load_tokenizer(model_path)
+        extra = {}
+        if weight_transfer:  # "nccl" (vLLM's) or "alignkit_gloo" (rollout/vllm_transfer.py)
+            from alignkit.rollout.vllm_transfer import register
+
+            register()
+            extra["weight_transfer_config"] = {"backend": weight_transfer}
         self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-                       enable_sleep_mode=enable_sleep_mode)
+                       enable_sleep_mode=enable_sleep_mode, **extra)
         self.init_seconds = time.perf_counter() - start
 
     def _prompt_ids(self, prompt) -> list[int]:
@@ -85,11 +91,38 @@ class VLLMEngine:
             result.append([float(step[t].logprob) for step, t in zip(steps, ids[len(r["prompt_ids"]):])])
         return result
 
+    def _tied(self) -> bool:
+        return bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
+
     def update_weights(self, weights: dict) -> int:
+        from alignkit.rollout.weight_sync import with_tied_lm_head
+
+        weights = with_tied_lm_head(weights, self._tied())
         self.llm.collective_rpc(_load_weights, args=(list(weights.items()),))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.version += 1
         return self.version
+
+    def transfer(self, step: str, *args):
+        """One step of a weight push from the trainer (rollout/weight_sync.py), on every vLLM worker of this engine."""
+        if step == "describe":  # the ranks this engine takes in the transfer group, and whether lm_head is tied
+            p = self.llm.llm_engine.vllm_config.parallel_config
+            return {"workers": p.world_size * p.data_parallel_size, "tied_lm_head": self._tied()}
+        if step == "init":
+            self.llm.collective_rpc("init_weight_transfer_engine", args=args)
+        elif step == "start":
+            self.llm.collective_rpc("start_weight_update")
+        elif step == "receive":
+            self.llm.collective_rpc("update_weights", args=args)
+        elif step == "finish":
+            self.llm.collective_rpc("finish_weight_update")
+            self.llm.collective_rpc("shutdown_weight_transfer_engine")  # the group lives for one push
+            self.llm.reset_prefix_cache()
+            self.version += 1
+            return self.version
+        else:
+            raise ValueError(f"unknown weight-transfer step {step!r}")
+        return None
 
     def sleep(self) -> None:
         if not self.supports_sleep:

@@ -81,20 +81,69 @@ def test_weight_sync(engines, vllm_tiny_dir):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
 
 
-def test_vllm_engine_as_a_ray_actor(vllm_tiny_dir):
+def test_vllm_engines_as_ray_actors_with_the_trainer_pushing_weights(tmp_path, vllm_tiny_dir):
+    """Engine actors take weights through vLLM's weight-transfer protocol (alignkit's gloo engine on CPU): from the
+    driver, from Ray Train rank 0 at the end of a real training step, and through the object store; after each,
+    the engine's log-probs of fixed completions equal the trainer's (HF forward of the same weights, 1e-4). A
+    transfer group that cannot form is a RolloutError after the timeout."""
     import ray
 
+    from alignkit.config import recipe_from_dict
     from alignkit.config.schema import RolloutConfig
     from alignkit.models.loading import load_causal_lm
-    from alignkit.rollout.engine import RolloutPool
+    from alignkit.pipelines.preference import train_stage
+    from alignkit.rollout.engine import RolloutError, RolloutPool
+    from alignkit.rollout.weight_sync import CollectiveSync
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    completions = ["5", "Paris."]
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         pool = RolloutPool(vllm_tiny_dir, RolloutConfig(backend="vllm", num_engines=1, cpus_per_engine=1,
-                                                        gpu_memory_utilization=0.2))
+                                                        gpu_memory_utilization=0.2, sync_timeout_s=60,
+                                                        sync_bucket_mb=1))  # 1 MB: many buckets
+        assert pool.weight_sync == "collective"
         out = pool.generate(PROMPTS, SamplingParams(n=2, temperature=0.0, max_tokens=4))
         assert len(out) == 4 and pool.health()[0]["backend"] == "vllm"
-        assert pool.update_weights(load_causal_lm(vllm_tiny_dir).state_dict())["version"] == 1
+
+        def assert_engine_matches(model_dir):
+            hf = HFEngine(str(model_dir))
+            for a, b in zip(pool.score(PROMPTS, completions), hf.score(PROMPTS, completions)):
+                torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+
+        model = load_causal_lm(vllm_tiny_dir)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.7)
+        scaled = tmp_path / "scaled"
+        model.save_pretrained(scaled)
+        HFEngine(vllm_tiny_dir).tokenizer.save_pretrained(scaled)
+        # without the tied lm_head (as save_pretrained leaves it out): the engine's lm_head must follow anyway
+        headless = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        pushed = pool.update_weights(headless)
+        assert pushed["version"] == 1 and pushed["bytes"] > 0
+        assert_engine_matches(scaled)
+
+        # a real training step in a Ray Train worker; its rank 0 pushes the final weights
+        recipe = recipe_from_dict({
+            "run": {"output_dir": str(tmp_path / "train")}, "model": {"path": str(scaled)},
+            "data": {"train": "builtin:fictitious_authors", "train_split": "forget01", "max_length": 96,
+                     "max_prompt_length": 64},
+            "objective": {"name": "sft"}, "optim": {"lr": 1e-2},
+            "trainer": {"backend": "torch", "max_steps": 1, "micro_batch_size": 4, "progress_bar": False},
+            "cluster": {"num_workers": 1, "cpus_per_worker": 1}, "eval": {"generate": False}})
+        before = pool.score(PROMPTS, completions)
+        trained = train_stage(recipe, weight_sink=pool.collective)
+        assert pool.health()[0]["weights_version"] == 2
+        after = pool.score(PROMPTS, completions)
+        assert abs(sum(before[0]) - sum(after[0])) > 1e-3  # the step changed the engine's weights
+        assert_engine_matches(trained.out / "final")
+
+        assert pool.update_weights(headless, via="object_store")["version"] == 3
+        assert_engine_matches(scaled)
+
+        bad = CollectiveSync(pool.actors, timeout_s=3, workers_per_engine=[2])  # a rank that never joins
+        with pytest.raises(RolloutError, match="weight sync"):
+            bad.send(model.state_dict())
         pool.shutdown()
     finally:
         ray.shutdown()
