@@ -91,6 +91,12 @@ def test_cross_key_checks(recipe_dir):
         load_recipe(recipe_dir / "base.yaml", ["trainer.zero_stage=4"])
     with pytest.raises(RecipeError, match="data.max_prompt_length"):
         load_recipe(recipe_dir / "base.yaml", ["data.max_length=64", "data.max_prompt_length=64"])
+    with pytest.raises(RecipeError, match="collective needs rollout.backend: vllm"):
+        load_recipe(recipe_dir / "base.yaml", ["rollout.backend=hf", "rollout.weight_sync=collective"])
+    with pytest.raises(RecipeError, match="sleep mode frees GPU memory"):
+        load_recipe(recipe_dir / "base.yaml", ["rollout.colocate=true"])  # engines on CPU
+    assert load_recipe(recipe_dir / "base.yaml", ["rollout.colocate=true", "rollout.gpus_per_engine=0.5",
+                                                  "rollout.backend=vllm"]).rollout.colocate
 
 
 def test_missing_file_cycle_and_bad_yaml(recipe_dir):

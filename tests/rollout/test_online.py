@@ -74,3 +74,66 @@ def test_unpaired_rows_and_empty_rounds(tmp_path):
     assert built[0]["completion"] == [{"role": "assistant", "content": "2"}] and built[1]["completion"] == "5"
     assert sft_on_accepted(1.0)(rows, comps, fb) == [{"prompt": rows[0]["prompt"],
                                                       "completion": [{"role": "assistant", "content": "2"}]}]
+
+
+def test_colocated_engines_sleep_while_training_and_the_trainer_pushes(tmp_path, monkeypatch):
+    """rollout.colocate on GPU: engines sleep before each round's training, wake before the push, and rank 0 of the
+    training stage pushes the weights (the pool and the training stage are stand-ins: no GPU here)."""
+    from dataclasses import dataclass, field
+
+    import alignkit.pipelines.preference as preference
+    import alignkit.rollout.engine as engine
+    from alignkit.pipelines.preference import TrainedRun
+    from alignkit.rollout.feedback import Feedback
+    from alignkit.rollout.types import Completion
+
+    calls = []
+
+    @dataclass
+    class Sink:
+        device: str = "cuda"
+        wake_first: bool = False
+        actors: list = field(default_factory=list)
+
+    class Pool:
+        def __init__(self, *args, **kwargs):
+            self.collective = Sink()
+
+        def generate(self, prompts, sampling):
+            calls.append("generate")
+            return [Completion(i, 0, "4", [1], [-0.1], "stop") for i in range(len(prompts))]
+
+        def sleep(self):
+            calls.append("sleep")
+
+        def wake(self):
+            calls.append("wake")
+
+        def update_weights(self, weights):
+            raise AssertionError("the trainer pushes; the driver does not")
+
+        def shutdown(self):
+            calls.append("shutdown")
+
+    def train_stage(recipe, weight_sink=None):
+        assert weight_sink is not None and weight_sink.wake_first  # the push wakes the engines first
+        calls.append("train+push")
+        out = tmp_path / "loop" / recipe.run.name
+        out.mkdir(parents=True)
+        (out / "weight_sync.json").write_text('{"seconds": 0.25, "version": 1}')
+        return TrainedRun(out, "", {}, 0.0, 0.0)
+
+    class Always(Provider):
+        def batch(self, rows, completions):
+            return [Feedback(1.0, "", "test") for _ in completions]
+
+    monkeypatch.setattr(engine, "RolloutPool", Pool)
+    monkeypatch.setattr(preference, "train_stage", train_stage)
+    from alignkit.config.loader import recipe_to_dict
+
+    raw = recipe_to_dict(_recipe(tmp_path))
+    raw["rollout"].update(backend="vllm", gpus_per_engine=0.5, colocate=True)
+    raw["cluster"].update(use_gpu=True)
+    results = run_online(recipe_from_dict(raw), ROWS, Always(), sft_on_accepted(1.0), SETTINGS, tmp_path / "loop")
+    assert calls == ["generate", "sleep", "train+push"] * 2 + ["shutdown"]
+    assert [r["sync_via"] for r in results] == ["trainer rank 0"] * 2 and results[0]["sync_s"] == 0.25
