@@ -16,7 +16,8 @@ def slug(name: str) -> str:
 
 def main(doc: str, default_root: str, runs: dict[str, tuple[str, list[str]]], table: Callable[[Path], str],
          common: tuple[str, ...] = ()) -> None:
-    """`runs`: {name: (recipe, [overrides])}; `common`: overrides for every run (before the command line's)."""
+    """`runs`: {name: (recipe, [overrides])}; `common`: overrides for every run (a run's own and the command line's
+    come after them, so they win)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=default_root)
     p.add_argument("--only", nargs="*", help="run only these names")
@@ -29,7 +30,7 @@ def main(doc: str, default_root: str, runs: dict[str, tuple[str, list[str]]], ta
             if args.only and name not in args.only:
                 continue
             out = root / slug(name)
-            overrides = [*extra, *common, *args.overrides]
+            overrides = [*common, *extra, *args.overrides]  # a run's own overrides win over the common ones
             print(f"== {name}: {recipe} {' '.join(overrides)}", flush=True)
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "launch.py", recipe, f"run.output_dir={out}", *overrides],
