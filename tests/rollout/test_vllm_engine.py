@@ -147,3 +147,37 @@ def test_vllm_engines_as_ray_actors_with_the_trainer_pushing_weights(tmp_path, v
         pool.shutdown()
     finally:
         ray.shutdown()
+
+
+def test_online_loop_with_vllm_engines_and_trainer_push(tmp_path, vllm_tiny_dir):
+    """Two rounds of the online loop with a vLLM engine actor: each round's Ray Train rank 0 pushes its weights
+    through the gloo transfer group, and the next round generates with them."""
+    import json
+
+    import ray
+
+    from alignkit.config import recipe_from_dict
+    from alignkit.data.builtin import BUILTIN_DATASETS
+    from alignkit.rollout.feedback import ExactAnswer
+    from alignkit.rollout.online import OnlineSettings, run_online, sft_on_accepted
+
+    recipe = recipe_from_dict({
+        "run": {"name": "online_vllm", "output_dir": str(tmp_path / "unused")}, "model": {"path": vllm_tiny_dir},
+        "data": {"train": "builtin:concise_arithmetic", "max_length": 96, "max_prompt_length": 64},
+        "objective": {"name": "sft"}, "optim": {"lr": 1e-3},
+        "trainer": {"backend": "torch", "max_steps": 1, "micro_batch_size": 4, "progress_bar": False},
+        "cluster": {"num_workers": 1, "cpus_per_worker": 1},
+        "rollout": {"backend": "vllm", "num_engines": 1, "cpus_per_engine": 1, "gpu_memory_utilization": 0.2},
+        "eval": {"generate": False}})
+    rows = BUILTIN_DATASETS["concise_arithmetic"][0]("train", seed=0)[:8]
+    settings = OnlineSettings(rounds=2, prompts_per_round=4, steps_per_round=1,
+                              sampling=SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=1))
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        results = run_online(recipe, rows, ExactAnswer(), sft_on_accepted(0.0), settings, tmp_path / "loop")
+    finally:
+        ray.shutdown()
+    assert [r["sync_via"] for r in results] == ["trainer rank 0"] * 2
+    assert all(r["completions"] == 8 and r["train_rows"] == 8 for r in results)
+    pushed = json.loads((tmp_path / "loop" / "round_1" / "train" / "weight_sync.json").read_text())
+    assert pushed["version"] == 2 and pushed["bytes"] > 0
