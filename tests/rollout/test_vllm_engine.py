@@ -123,14 +123,16 @@ def test_vllm_engines_as_ray_actors_with_the_trainer_pushing_weights(tmp_path, v
         assert pushed["version"] == 1 and pushed["bytes"] > 0
         assert_engine_matches(scaled)
 
-        # a real training step in a Ray Train worker; its rank 0 pushes the final weights
+        # a real training step in 2 Ray Train workers under DeepSpeed ZeRO-3: the shards are gathered and rank 0
+        # pushes the final weights
         recipe = recipe_from_dict({
             "run": {"output_dir": str(tmp_path / "train")}, "model": {"path": str(scaled)},
             "data": {"train": "builtin:fictitious_authors", "train_split": "forget01", "max_length": 96,
                      "max_prompt_length": 64},
             "objective": {"name": "sft"}, "optim": {"lr": 1e-2},
-            "trainer": {"backend": "torch", "max_steps": 1, "micro_batch_size": 4, "progress_bar": False},
-            "cluster": {"num_workers": 1, "cpus_per_worker": 1}, "eval": {"generate": False}})
+            "trainer": {"backend": "deepspeed", "zero_stage": 3, "max_steps": 1, "micro_batch_size": 2,
+                        "progress_bar": False},
+            "cluster": {"num_workers": 2, "cpus_per_worker": 1}, "eval": {"generate": False}})
         before = pool.score(PROMPTS, completions)
         trained = train_stage(recipe, weight_sink=pool.collective)
         assert pool.health()[0]["weights_version"] == 2
