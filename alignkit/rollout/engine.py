@@ -8,6 +8,7 @@ import time
 
 from alignkit.errors import AlignkitError
 from alignkit.rollout.types import Completion, SamplingParams
+from alignkit.rollout.weight_sync import GLOO_BACKEND
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,18 @@ def resolve_weight_sync(weight_sync: str, backend: str) -> str:
     return weight_sync
 
 
-def torch_cuda_available() -> bool:
-    import torch
+def get_from_engines(refs, what: str, timeout: float, key: str, hint: str, engine: str = "an engine"):
+    """`ray.get` on engine calls: waiting past `timeout` (the setting rollout.<key>) or an engine's crash becomes a
+    RolloutError that names the call, the setting and the engine's own message."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-    return torch.cuda.is_available()
+    try:
+        return ray.get(refs, timeout=timeout)
+    except GetTimeoutError:
+        raise RolloutError(f"{what} did not finish within rollout.{key} = {timeout:g} s{hint}") from None
+    except (RayActorError, RayTaskError) as exc:
+        raise RolloutError(f"{what} failed on {engine}: {str(exc).strip().splitlines()[-1]}") from None
 
 
 def make_engine(backend: str, model_path: str, dtype: str = "float32", *, batch_size: int = 16,
@@ -119,7 +128,7 @@ class RolloutPool:
         if self.backend == "vllm":
             kwargs.update(enable_sleep_mode=cfg.colocate,
                           weight_transfer=None if self.weight_sync != "collective" else
-                          "nccl" if on_gpu else "alignkit_gloo")
+                          "nccl" if on_gpu else GLOO_BACKEND)
         self.actors = [remote.options(
             num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=i),
@@ -136,20 +145,11 @@ class RolloutPool:
                                              bucket_bytes=cfg.sync_bucket_mb << 20, timeout_s=cfg.sync_timeout_s)
 
     def _get(self, refs, what: str, timeout: float | None = None):
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
         timeout = self.cfg.sync_timeout_s if timeout is None else timeout
         key = "start_timeout_s" if what == "engine start" else "sync_timeout_s"
-        try:
-            return ray.get(refs, timeout=timeout)
-        except GetTimeoutError:
-            raise RolloutError(f"rollout {what} did not finish within rollout.{key} = {timeout:g} s on "
-                               f"{len(self.actors)} {self.backend} engine(s); an engine is hung or far too slow "
-                               "(raise the timeout for very large batches)") from None
-        except (RayActorError, RayTaskError) as exc:
-            raise RolloutError(f"rollout {what} failed on a {self.backend} engine: "
-                               f"{str(exc).strip().splitlines()[-1]}") from None
+        return get_from_engines(refs, f"rollout {what}", timeout, key,
+                                f" on {len(self.actors)} {self.backend} engine(s); an engine is hung or far too slow "
+                                "(raise the timeout for very large batches)", f"a {self.backend} engine")
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         """Prompts are split into contiguous shares, one per engine; engine e samples with seed + e (so a seeded
@@ -179,7 +179,9 @@ class RolloutPool:
         if via == "collective":
             if self.collective is None:
                 raise RolloutError("these engines were built for rollout.weight_sync: object_store")
-            if self.collective.device == "cpu" or torch_cuda_available():
+            import torch
+
+            if self.collective.device == "cpu" or torch.cuda.is_available():
                 return self.collective.send(weights)
             log.info("rollout: no GPU in this process for an NCCL push; weights go through the object store")
         start = time.perf_counter()

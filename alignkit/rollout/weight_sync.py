@@ -136,19 +136,10 @@ class CollectiveSync:
     wake_first: bool = False  # colocated engines sleep while the trainer trains: wake them before the push
 
     def _rpc(self, refs, what: str):
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+        from alignkit.rollout.engine import get_from_engines
 
-        from alignkit.rollout.engine import RolloutError
-
-        try:
-            return ray.get(refs, timeout=self.timeout_s)
-        except GetTimeoutError:
-            raise RolloutError(f"weight sync ({what}) did not finish within rollout.sync_timeout_s = "
-                               f"{self.timeout_s:g} s: an engine is hung or cannot reach the trainer") from None
-        except (RayActorError, RayTaskError) as exc:
-            raise RolloutError(f"weight sync ({what}) failed on an engine: "
-                               f"{str(exc).strip().splitlines()[-1]}") from None
+        return get_from_engines(refs, f"weight sync ({what})", self.timeout_s, "sync_timeout_s",
+                                ": an engine is hung or cannot reach the trainer")
 
     def _call(self, method: str, *args, **kwargs) -> list:
         return [a.transfer.remote(method, *args, **kwargs) for a in self.actors]
@@ -175,20 +166,21 @@ class CollectiveSync:
         host, port, world = _node_ip(), _free_port(), 1 + sum(self.workers_per_engine)
         try:
             if self.device == "cpu":
-                sent = self._send_gloo(state, host, port, world)
+                self._send_gloo(state, host, port, world)
             else:
-                sent = self._send_nccl(state, host, port, world)
+                self._send_nccl(state, host, port, world)
         except RolloutError:
             raise
         except Exception as exc:  # the collective's own timeout or a dead peer
             raise RolloutError(f"weight sync to {len(self.actors)} engine(s) failed: {exc}") from exc
         versions = self._rpc(self._call("finish"), "finish")
         seconds = time.perf_counter() - start
+        sent = sum(t.numel() * t.element_size() for t in state.values())
         log.info("rollout: %.1f MB pushed to %d engine(s) (%d workers) over %s in %.2f s", sent / 1e6,
                  len(self.actors), world - 1, "gloo" if self.device == "cpu" else "nccl", seconds)
         return {"seconds": seconds, "version": versions[0], "bytes": sent}
 
-    def _send_gloo(self, state: dict, host: str, port: int, world: int) -> int:
+    def _send_gloo(self, state: dict, host: str, port: int, world: int) -> None:
         from alignkit.rollout.engine import RolloutError
 
         infos = self._init_infos(host, port, world, {"bucket_bytes": self.bucket_bytes, "timeout_s": self.timeout_s})
@@ -211,9 +203,8 @@ class CollectiveSync:
         self._rpc(received, "receive")  # an engine's error first: it says more than the sender's timeout
         if sender.is_alive() or failure:
             raise RolloutError(f"weight sync: the broadcast did not complete ({failure[0] if failure else 'hung'})")
-        return sum(t.numel() * t.element_size() for t in state.values())
 
-    def _send_nccl(self, state: dict, host: str, port: int, world: int) -> int:
+    def _send_nccl(self, state: dict, host: str, port: int, world: int) -> None:
         """vLLM's trainer-side NCCL engine: packed buckets broadcast from this process's current CUDA device."""
         from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
@@ -255,4 +246,3 @@ class CollectiveSync:
         finally:
             if engine.model_update_group is not None:
                 engine.model_update_group.destroy()
-        return sum(t.numel() * t.element_size() for t in state.values())

@@ -158,20 +158,16 @@ def test_online_loop_with_vllm_engines_and_trainer_push(tmp_path, vllm_tiny_dir)
 
     import ray
 
-    from alignkit.config import recipe_from_dict
-    from alignkit.data.builtin import BUILTIN_DATASETS
+    from alignkit.config.loader import recipe_from_dict, recipe_to_dict
     from alignkit.rollout.feedback import ExactAnswer
     from alignkit.rollout.online import OnlineSettings, run_online, sft_on_accepted
+    from tests.rollout.test_online import ROWS, _recipe
 
-    recipe = recipe_from_dict({
-        "run": {"name": "online_vllm", "output_dir": str(tmp_path / "unused")}, "model": {"path": vllm_tiny_dir},
-        "data": {"train": "builtin:concise_arithmetic", "max_length": 96, "max_prompt_length": 64},
-        "objective": {"name": "sft"}, "optim": {"lr": 1e-3},
-        "trainer": {"backend": "torch", "max_steps": 1, "micro_batch_size": 4, "progress_bar": False},
-        "cluster": {"num_workers": 1, "cpus_per_worker": 1},
-        "rollout": {"backend": "vllm", "num_engines": 1, "cpus_per_engine": 1, "gpu_memory_utilization": 0.2},
-        "eval": {"generate": False}})
-    rows = BUILTIN_DATASETS["concise_arithmetic"][0]("train", seed=0)[:8]
+    raw = recipe_to_dict(_recipe(tmp_path))  # the HF-engine online test's recipe, with a vLLM engine
+    raw["model"]["path"] = vllm_tiny_dir
+    raw["rollout"] = {"backend": "vllm", "num_engines": 1, "cpus_per_engine": 1, "gpu_memory_utilization": 0.2}
+    recipe = recipe_from_dict(raw)
+    rows = ROWS[:8]
     settings = OnlineSettings(rounds=2, prompts_per_round=4, steps_per_round=1,
                               sampling=SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=1))
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
