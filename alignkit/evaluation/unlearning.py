@@ -41,9 +41,10 @@ SUITE_VERSION = 2  # bump when a metric changes: cached evaluations of learn-sta
 class ModelProbe:
     """Log-probabilities and greedy generations of one in-memory causal LM, encoded as in training."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, settings: EncodeSettings = PROBE_SETTINGS):
+    def __init__(self, model, tokenizer, batch_size: int = 16, settings: EncodeSettings = PROBE_SETTINGS,
+                 share_prompts: bool = True):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.batch_size, self.settings = batch_size, settings
+        self.batch_size, self.settings, self.share_prompts = batch_size, settings, share_prompts
 
     def _token_stats(self, rows: list[dict], vocab: bool = False) -> list[dict]:
         """Per row: answer-token log-probs (and μ, σ of the next-token distributions for Min-K%++)."""
@@ -51,25 +52,67 @@ class ModelProbe:
         return self._encoded_stats([encode_forget(self.tokenizer, row, self.settings) for row in rows], vocab)
 
     def _encoded_stats(self, encoded: list[dict], vocab: bool = False) -> list[dict]:
+        """Per encoded row: `token_logps` of its completion tokens (+ `mu`, `sigma` with `vocab`), in input order.
+        Rows with the same prompt share one prompt pass (`shared_prompt_token_logps`) when the model allows it."""
+        from alignkit.models.logps import supports_label_only_head
+
+        out: list[dict | None] = [None] * len(encoded)
+        by_prompt: dict[tuple, list[int]] = {}
+        plain = []
+        share = self.share_prompts and supports_label_only_head(self.model)
+        for i, e in enumerate(encoded):
+            if share and e["prompt_ids"]:
+                by_prompt.setdefault(tuple(e["prompt_ids"]), []).append(i)
+            else:
+                plain.append(i)
+        with torch.no_grad():
+            for batch in self._prompt_batches(list(by_prompt.items())):
+                self._shared_batch(encoded, batch, vocab, out)
+            for start in range(0, len(plain), self.batch_size):
+                self._plain_batch(encoded, plain[start:start + self.batch_size], vocab, out)
+        return out
+
+    def _prompt_batches(self, groups: list[tuple[tuple, list[int]]]):
+        """[(prompt ids, row indices)] per forward, at most `batch_size` completions each (a larger group is split)."""
+        batch, size = [], 0
+        for prompt, rows in groups:
+            for start in range(0, len(rows), self.batch_size):
+                part = rows[start:start + self.batch_size]
+                if batch and size + len(part) > self.batch_size:
+                    yield batch
+                    batch, size = [], 0
+                batch.append((prompt, part))
+                size += len(part)
+        if batch:
+            yield batch
+
+    def _shared_batch(self, encoded, batch, vocab: bool, out: list) -> None:
+        from alignkit.models.logps import shared_prompt_token_logps
+
+        rows = [i for _, part in batch for i in part]
+        result = shared_prompt_token_logps(self.model, [list(p) for p, _ in batch],
+                                           [encoded[i]["completion_ids"] for i in rows],
+                                           [g for g, (_, part) in enumerate(batch) for _ in part],
+                                           self.tokenizer.pad_token_id, return_vocab=vocab)
+        self._collect(rows, result, vocab, out)
+
+    def _plain_batch(self, encoded, rows: list[int], vocab: bool, out: list) -> None:
         from alignkit.models.logps import forward_token_logps
 
-        for i, e in enumerate(encoded):
-            e["index"] = i
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(encoded), self.batch_size):
-                batch = collate_sft(encoded[start:start + self.batch_size], self.tokenizer.pad_token_id)
-                result = forward_token_logps(self.model, batch["input_ids"], batch["attention_mask"],
-                                             batch["labels"], return_vocab=vocab)
-                lp, mask = result[0], result[1]
-                offsets = mask.sum(-1).cumsum(0).tolist()
-                for b in range(lp.shape[0]):
-                    item = {"token_logps": lp[b][mask[b]].double().numpy()}
-                    if vocab:
-                        rows_b = result[2][(offsets[b - 1] if b else 0):offsets[b]]
-                        item["mu"], item["sigma"] = um.token_distribution_stats(rows_b)
-                    out.append(item)
-        return out
+        batch = collate_sft([{**encoded[i], "index": i} for i in rows], self.tokenizer.pad_token_id)
+        self._collect(rows, forward_token_logps(self.model, batch["input_ids"], batch["attention_mask"],
+                                                batch["labels"], return_vocab=vocab), vocab, out)
+
+    @staticmethod
+    def _collect(rows: list[int], result, vocab: bool, out: list) -> None:
+        lp, mask = result[0], result[1]
+        offsets = mask.sum(-1).cumsum(0).tolist()
+        for b, i in enumerate(rows):
+            item = {"token_logps": lp[b][mask[b]].double().cpu().numpy()}
+            if vocab:
+                item["mu"], item["sigma"] = um.token_distribution_stats(
+                    result[2][(offsets[b - 1] if b else 0):offsets[b]].cpu())
+            out[i] = item
 
     def qa_row(self, question: str, answer: str) -> dict:
         """A QA item as the model reads it: chat turns, or for a tokenizer without a chat template (MUSE's base
@@ -114,28 +157,33 @@ class ModelProbe:
         return [t.strip() for t in outs]
 
 
-def _qa_metrics(probe: ModelProbe, items: list[dict], split: str, max_new_tokens: int) -> tuple[dict, dict]:
+def _qa_metrics(probe: ModelProbe, items: list[dict], split: str, max_new_tokens: int) -> tuple[dict, dict, list]:
+    """Metrics of one QA split, per-item details, and the answers' token stats (with μ, σ: membership inference
+    reuses them). Answer, paraphrase and perturbed answers of a question go through one pass: they share its prompt."""
     questions = [r["question"] for r in items]
-    nll_answer = probe.avg_nll(questions, [r["answer"] for r in items])
+    n_pert = min((len(r.get("perturbed_answer") or []) for r in items), default=0)  # MUSE's QA has none
+    rows = [probe.qa_row(q, r["answer"]) for q, r in zip(questions, items)]
+    if n_pert:
+        rows += [probe.qa_row(q, r.get("paraphrased_answer") or r["answer"]) for q, r in zip(questions, items)]
+        rows += [probe.qa_row(q, a) for q, r in zip(questions, items) for a in r["perturbed_answer"][:n_pert]]
+    stats = probe._token_stats(rows, vocab=True)
+    nll = np.array([-s["token_logps"].mean() for s in stats])
+    n = len(items)
     answers = probe.generate([probe.qa_row(q, "")["prompt"] for q in questions], max_new_tokens)
     metrics = {
-        f"{split}/prob": float(um.normalized_probability(nll_answer).mean()),
+        f"{split}/prob": float(um.normalized_probability(nll[:n]).mean()),
         f"{split}/rouge": float(np.mean([um.rouge_l(r["answer"], a) for r, a in zip(items, answers)])),
         f"{split}/knowmem": float(np.mean([um.rouge_l(r["answer"], a, "f1", stemmer=False)
                                            for r, a in zip(items, answers)])),
     }
     details = {f"{split}/generations": answers}
-    if all(r.get("perturbed_answer") for r in items):  # TOFU-style items (MUSE's QA has no perturbed answers)
-        nll_para = probe.avg_nll(questions, [r.get("paraphrased_answer") or r["answer"] for r in items])
-        n_pert = min(len(r["perturbed_answer"]) for r in items)
-        flat = probe.avg_nll([q for q in questions for _ in range(n_pert)],
-                             [a for r in items for a in r["perturbed_answer"][:n_pert]])
-        ratios = um.truth_ratio(nll_para, flat.reshape(len(items), n_pert))
+    if n_pert:  # TOFU-style items
+        ratios = um.truth_ratio(nll[n:2 * n], nll[2 * n:].reshape(n, n_pert))
         metrics[f"{split}/truth_ratio"] = um.truth_ratio_metric(ratios, "forget" if split == "forget" else "retain")
         details[f"{split}/truth_ratios"] = ratios.tolist()
     if all("fact" in r for r in items):
         metrics[f"{split}/fact"] = float(np.mean([um.fact_recalled(str(r["fact"]), a) for r, a in zip(items, answers)]))
-    return metrics, details
+    return metrics, details, stats[:n]
 
 
 def _verbmem(probe: ModelProbe, items: list[dict], max_new_tokens: int) -> float:
@@ -170,15 +218,16 @@ def _mia(forget_stats: list[dict], holdout_stats: list[dict], forget_items: list
 
 
 def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], *, max_new_tokens: int = 32,
-                   batch_size: int = 16) -> tuple[dict, dict]:
+                   batch_size: int = 16, share_prompts: bool = True) -> tuple[dict, dict]:
     """Metrics (module docstring) and the per-item values that comparisons need. `sets`: forget, retain, holdout
-    (QA items) and optionally forget_text (biographies)."""
+    (QA items) and optionally forget_text (biographies). `share_prompts=False` scores every (question, answer) in
+    full instead of reusing the question's KV cache: same values, for checking."""
     start = time.perf_counter()
-    probe = ModelProbe(model, tokenizer, batch_size)
-    metrics, details = {}, {}
+    probe = ModelProbe(model, tokenizer, batch_size, share_prompts=share_prompts)
+    metrics, details, answer_stats = {}, {}, {}
     for split in ("forget", "retain"):
         if sets.get(split):
-            m, d = _qa_metrics(probe, sets[split], split, max_new_tokens)
+            m, d, answer_stats[split] = _qa_metrics(probe, sets[split], split, max_new_tokens)
             metrics.update(m)
             details.update(d)
     if sets.get("retain"):
@@ -188,7 +237,8 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], *, max_new_tok
         metrics["verbmem"] = _verbmem(probe, sets["forget_text"], max_new_tokens)
     if sets.get("holdout") and (sets.get("members") or sets.get("forget")):
         members = sets.get("members") or sets["forget"]  # same format as the holdout set (QA or raw text)
-        m, d = _mia(probe.answer_stats(members), probe.answer_stats(sets["holdout"]), members, sets["holdout"])
+        member_stats = answer_stats["forget"] if members is sets.get("forget") else probe.answer_stats(members)
+        m, d = _mia(member_stats, probe.answer_stats(sets["holdout"]), members, sets["holdout"])
         metrics.update(m)
         details.update(d)
     for name, items in (sets.get("multiple_choice") or {}).items():

@@ -1,6 +1,8 @@
 """Per-token and per-sequence log-probabilities of label tokens (spec §0.3), always computed in fp32."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 IGNORE = -100
@@ -56,6 +58,52 @@ def forward_token_logps(module, input_ids: torch.Tensor, attention_mask: torch.T
     log_z = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - log_z
     lp = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device).masked_scatter(mask, picked)
+    if return_vocab:
+        return lp, mask, logits - log_z.unsqueeze(-1)
+    return lp, mask
+
+
+def shared_prompt_token_logps(module, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                               owner: list[int], pad_token_id: int, return_vocab: bool = False):
+    """Log-probs of completions that share prompts, each prompt run once: completion k continues prompt owner[k],
+    and the prompt's KV cache serves all its completions. Same values as `forward_token_logps` on the
+    concatenations (tested), for a fraction of the compute when several answers follow one question (truth ratio's
+    paraphrased and perturbed answers, multiple-choice options).
+
+    Prompts are right-padded (no fully-masked query rows), so the cache holds pad slots that the attention mask
+    hides; positions are given explicitly. Requires `supports_label_only_head(module)`. Returns (lp [K, Lc], mask
+    [K, Lc]) over completion tokens, plus the [N, V] log-distributions at those tokens with `return_vocab`."""
+    model = _unwrap(module)
+    device = next(model.parameters()).device
+    n_prompt, prompt_len = len(prompt_ids), max(len(p) for p in prompt_ids)
+    ids = torch.full((n_prompt, prompt_len), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((n_prompt, prompt_len), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, :len(p)], prompt_mask[i, :len(p)] = torch.tensor(p), 1
+    lengths = prompt_mask.sum(-1)
+    out = model.base_model(input_ids=ids.to(device), attention_mask=prompt_mask.to(device), use_cache=True,
+                           position_ids=torch.arange(prompt_len).expand(n_prompt, -1).to(device))
+    rows = torch.tensor(owner, dtype=torch.long)
+    last_hidden = out.last_hidden_state[rows, lengths[rows] - 1]  # predicts each completion's first token
+    cache_arg = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+    cache = getattr(out, cache_arg)  # transformers >= 5.2x names it `cache`
+    cache.reorder_cache(rows.to(device))  # one cache row per completion
+
+    n, width = len(completion_ids), max(len(c) for c in completion_ids)
+    targets = torch.full((n, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.bool)
+    for k, c in enumerate(completion_ids):
+        targets[k, :len(c)], mask[k, :len(c)] = torch.tensor(c), True
+    attention = torch.cat([prompt_mask[rows], mask.long()], dim=1)
+    positions = lengths[rows].unsqueeze(1) + torch.arange(width)
+    hidden = model.base_model(input_ids=targets.to(device), attention_mask=attention.to(device),
+                              position_ids=positions.to(device), **{cache_arg: cache}).last_hidden_state
+    hidden = torch.cat([last_hidden.unsqueeze(1), hidden[:, :-1]], dim=1)  # position t predicts token t
+    mask = mask.to(device)
+    logits = model.get_output_embeddings()(hidden[mask]).float()
+    log_z = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, targets.to(device)[mask].unsqueeze(-1)).squeeze(-1) - log_z
+    lp = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, picked)
     if return_vocab:
         return lp, mask, logits - log_z.unsqueeze(-1)
     return lp, mask

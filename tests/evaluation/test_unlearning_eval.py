@@ -83,3 +83,15 @@ def test_multiple_choice_accuracy_follows_the_likelihoods(tiny):
     # relabelling the right answer to the model's favourite makes it 100%
     fav = [{**item, "answer": int(np.argmax(s))} for s, item in zip(scores, items)]
     assert multiple_choice_accuracy(probe, fav) == 1.0
+
+
+def test_shared_prompt_scoring_gives_the_same_metrics(tiny):
+    """The suite with each question's KV cache shared by its answer, paraphrase and perturbed answers (default) ==
+    every sequence scored in full."""
+    model, tok = tiny
+    shared, shared_details = evaluate_model(model, tok, _sets(), max_new_tokens=4, batch_size=4)
+    full, full_details = evaluate_model(model, tok, _sets(), max_new_tokens=4, batch_size=4, share_prompts=False)
+    assert shared.keys() == full.keys()
+    for key in full:
+        assert shared[key] == pytest.approx(full[key], abs=1e-6), key
+    np.testing.assert_allclose(shared_details["forget/truth_ratios"], full_details["forget/truth_ratios"], atol=1e-6)

@@ -68,3 +68,31 @@ def test_label_only_head_gradients_match(tiny_model_dir):
         lp.sum().backward()
         grads.append(model.get_output_embeddings().weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompt_logps_equal_full_sequences(tiny_model_dir):
+    """Completions scored on a shared prompt's KV cache == each prompt + completion scored in full (values and the
+    log-distributions), for prompts of different lengths and 1-3 completions each."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.models.logps import shared_prompt_token_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(5, 1000, (n,), generator=g).tolist() for n in (7, 3, 11)]
+    owner = [0, 0, 1, 2, 2, 2]
+    completions = [torch.randint(5, 1000, (n,), generator=g).tolist() for n in (4, 2, 5, 1, 3, 6)]
+    with torch.no_grad():
+        lp, mask, vocab = shared_prompt_token_logps(model, prompts, completions, owner, pad_token_id=0,
+                                                    return_vocab=True)
+    assert mask.sum(-1).tolist() == [len(c) for c in completions]
+    offset = 0
+    for k, c in enumerate(completions):
+        ids = torch.tensor([prompts[owner[k]] + c])
+        labels = ids.clone()
+        labels[0, :len(prompts[owner[k]])] = IGNORE
+        with torch.no_grad():
+            full, _, full_vocab = forward_token_logps(model, ids, torch.ones_like(ids), labels, return_vocab=True)
+        torch.testing.assert_close(lp[k][mask[k]], full[0][-len(c):], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(vocab[offset:offset + len(c)], full_vocab, atol=1e-5, rtol=1e-5)
+        offset += len(c)
