@@ -22,6 +22,11 @@ RUNS = {
     "npo_rt a5": ("recipes/unlearn/npo_rt_builtin.yaml", ["objective.retain_weight=5", "trainer.max_steps=40",
                                                           "trainer.export_every=8"]),  # = the recipe's settings
     "grad_diff 60": ("recipes/unlearn/grad_diff_builtin.yaml", ["trainer.max_steps=60", "trainer.export_every=12"]),
+    # a lower learning rate for the two forget-only methods: does the curve pass closer to the target?
+    "npo lr 2e-5": ("recipes/unlearn/npo_builtin.yaml", ["optim.lr=2e-5", "trainer.max_steps=60",
+                                                         "trainer.export_every=12"]),
+    "catnip lr 2e-5": ("recipes/unlearn/catnip_builtin.yaml", ["optim.lr=2e-5", "trainer.max_steps=60",
+                                                               "trainer.export_every=12"]),
 }
 KEYS = (("forget/rouge", "forget ROUGE"), ("forget/fact", "forget facts"), ("retain/rouge", "retain ROUGE"),
         ("retain/fact", "retain facts"), ("utility", "utility"), ("mia/mink", "MIA AUC (Min-K)"))
