@@ -204,12 +204,16 @@ class CollectiveSync:
         if sender.is_alive() or failure:
             raise RolloutError(f"weight sync: the broadcast did not complete ({failure[0] if failure else 'hung'})")
 
+    @staticmethod
+    def _cuda_device() -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device())
+
     def _send_nccl(self, state: dict, host: str, port: int, world: int) -> None:
         """vLLM's trainer-side NCCL engine: packed buckets broadcast from this process's current CUDA device."""
         from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
-        device = torch.device("cuda", torch.cuda.current_device())
+        device = self._cuda_device()
 
         class StateSource(WeightSource):  # CPU copies (ZeRO-3 gathers land on CPU) moved to the GPU one at a time
             def metadata(self):
