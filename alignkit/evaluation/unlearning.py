@@ -48,7 +48,6 @@ class ModelProbe:
 
     def _token_stats(self, rows: list[dict], vocab: bool = False) -> list[dict]:
         """Per row: answer-token log-probs (and μ, σ of the next-token distributions for Min-K%++)."""
-
         return self._encoded_stats([encode_forget(self.tokenizer, row, self.settings) for row in rows], vocab)
 
     def _encoded_stats(self, encoded: list[dict], vocab: bool = False) -> list[dict]:
