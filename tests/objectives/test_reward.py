@@ -119,6 +119,7 @@ def test_causal_rm_is_bt_plus_lambda_penalty():
     torch.manual_seed(4)
     backbone, head = torch.nn.Linear(5, 4), torch.nn.Linear(4, 1)
     inputs = _inputs(backbone, head, torch.randn(8, 5), T([0, 1, 2, 1]), T([1, 0, 2, 2]))
+    inputs = {k: v.detach() if torch.is_tensor(v) else v for k, v in inputs.items()}  # values only, no gradients here
     bt = float(bradley_terry_loss(inputs["chosen_rewards"], inputs["rejected_rewards"]))
     g = torch.cat([inputs["chosen_repr"], inputs["rejected_repr"]])
     bins = torch.cat([inputs["z_bin_chosen"], inputs["z_bin_rejected"]])
