@@ -59,7 +59,7 @@ def test_simnpo_spec_values(beta, gamma, nll_sum, n, form, expected):
 def test_catnip_spec_values_and_gradient_weight(p, beta, loss, weight):
     lp = T([[math.log(p)]], requires_grad=True)
     value = catnip_loss(lp, T([[1.0]]), beta)
-    assert float(value) == pytest.approx(loss, abs=1e-4)
+    assert value.item() == pytest.approx(loss, abs=1e-4)
     value.backward()
     assert float(lp.grad) == pytest.approx(weight, abs=1e-4)
     assert float(catnip_weight(T(p), beta)) == pytest.approx(weight, abs=1e-4)
