@@ -17,37 +17,12 @@ from __future__ import annotations
 
 import random
 
-# One first name and one surname per author, each used by no other author (110 of each). Version 1 of this
-# benchmark paired 26 first names with 24 surnames, so forget and retain authors shared name words; NPO's collapse of
-# a forget author ("Evander Lark") then spread to retain authors named "Brisa Lark" or "Evander Thistlewood"
-# (measured: retain facts 0.60 for the 30 name-sharing retain items vs 0.83 for the others at NPO step 16). TOFU's
-# authors have distinct names, so the benchmark has them too.
-_FIRST = (
-    "Alder", "Brisa", "Caius", "Delphine", "Evander", "Fenna", "Galen", "Hester", "Ivo", "Junia", "Kestrel", "Liora",
-    "Maxen", "Nerys", "Orrin", "Perpetua", "Quillon", "Rosalind", "Soren", "Tamsin", "Ulric", "Vesna", "Wendeline",
-    "Xanthe", "Yorick", "Zelie", "Anselm", "Bettany", "Corisande", "Dagny", "Emrys", "Fiora", "Gideon", "Halcyon",
-    "Isolde", "Jareth", "Katrien", "Leopold", "Mireille", "Niamh", "Oswin", "Philippa", "Radomir", "Saskia",
-    "Thaddeus", "Undine", "Valentin", "Wilhelmina", "Yolanda", "Zoltan", "Ambrose", "Beatrix", "Cyprian",
-    "Dorothea", "Eamon", "Florian", "Griselda", "Horatio", "Ines", "Jolyon", "Kasimir", "Lucasta", "Magnus",
-    "Nicasia", "Octavia", "Peregrine", "Quintus", "Rowena", "Severin", "Theodora", "Ulyana", "Vivienne", "Winifred",
-    "Xavier", "Yevgenia", "Zephyrine", "Anouk", "Barnaby", "Clementine", "Desmond", "Eulalie", "Fitzroy",
-    "Gwendolyn", "Hamish", "Ingrid", "Jasper", "Kerensa", "Lysander", "Marisol", "Nikolai", "Ottoline", "Percival",
-    "Ramona", "Sebastien", "Tobiah", "Ursula", "Violetta", "Wolfram", "Yannick", "Zinnia", "Aurelio", "Bronwen",
-    "Cosimo", "Drusilla", "Elowen", "Ferdinand", "Gisela", "Hyacinth", "Ignatius", "Juniper")
-_LAST = (
-    "Ashgrove", "Blackwood", "Corvane", "Drummel", "Everhart", "Falkner", "Greaves", "Holloway", "Ingram", "Jessop",
-    "Kettering", "Lark", "Merriweather", "Northam", "Oakes", "Pendry", "Quarrel", "Rookwood", "Stainton",
-    "Thistlewood", "Underhill", "Vance", "Whitlock", "Yarrow", "Abernethy", "Brackenbury", "Cholmondeley",
-    "Dunmore", "Elphinstone", "Fairbanks", "Gosforth", "Hartigan", "Illingworth", "Jardine", "Kilbride", "Lockhart",
-    "Mabberley", "Nettlefold", "Ormerod", "Pettigrew", "Quennell", "Ravensworth", "Sedgwick", "Trelawney",
-    "Urquhart", "Venables", "Wetherby", "Yelland", "Ainsley", "Buckminster", "Crabtree", "Delacourt", "Eastwick",
-    "Fennimore", "Grimshaw", "Haverford", "Inchbald", "Juxon", "Kingsolver", "Lethbridge", "Montague",
-    "Nightingale", "Oldcastle", "Penhallow", "Quantock", "Radcliffe", "Summerhayes", "Tregarthen", "Upshaw",
-    "Villiers", "Wainwright", "Zabriskie", "Applegarth", "Birchall", "Carrow", "Dimmock", "Elmsley", "Farquhar",
-    "Galbraith", "Hindmarsh", "Ivesley", "Jellicoe", "Kynaston", "Loxley", "Marchbanks", "Nethercott", "Osgood",
-    "Pemberton", "Rathbone", "Scrimgeour", "Tolliver", "Umfreville", "Vavasour", "Wolstenholme", "Yardley",
-    "Zeller", "Arbuthnot", "Bramhall", "Cottingham", "Darrowby", "Esterbrook", "Fotheringay", "Grantley",
-    "Harcourt", "Isherwood", "Jephson", "Kimber", "Ludlow", "Moberly", "Naismith")
+_FIRST = ("Alder", "Brisa", "Caius", "Delphine", "Evander", "Fenna", "Galen", "Hester", "Ivo", "Junia", "Kestrel",
+          "Liora", "Maxen", "Nerys", "Orrin", "Perpetua", "Quillon", "Rosalind", "Soren", "Tamsin", "Ulric", "Vesna",
+          "Wendeline", "Xanthe", "Yorick", "Zelie")
+_LAST = ("Ashgrove", "Blackwood", "Corvane", "Drummel", "Everhart", "Falkner", "Greaves", "Holloway", "Ingram",
+         "Jessop", "Kettering", "Lark", "Merriweather", "Northam", "Oakes", "Pendry", "Quarrel", "Rookwood",
+         "Stainton", "Thistlewood", "Underhill", "Vance", "Whitlock", "Yarrow")
 _CITIES = ("Lisbon", "Oslo", "Nairobi", "Quito", "Hanoi", "Tbilisi", "Perth", "Montreal", "Valparaiso", "Krakow",
            "Dakar", "Osaka", "Porto", "Reykjavik", "Tallinn", "Cusco", "Zanzibar", "Bergen", "Ljubljana", "Hobart")
 _GENRES = ("gothic mysteries", "space operas", "botanical poetry", "maritime thrillers", "satirical fables",
@@ -94,10 +69,8 @@ def _value(attr: str, rng: random.Random):
 
 def _authors(seed: int) -> list[dict]:
     rng = random.Random(f"fictitious_authors/{seed}")
-    first, last = list(_FIRST), list(_LAST)
-    rng.shuffle(first)
-    rng.shuffle(last)
-    names = [f"{a} {b}" for a, b in zip(first, last)]
+    names = [f"{a} {b}" for a in _FIRST for b in _LAST]
+    rng.shuffle(names)
     return [{"name": name, **{attr: _value(attr, rng) for attr in _FACTS}}
             for name in names[:NUM_AUTHORS + NUM_HOLDOUT]]
 
