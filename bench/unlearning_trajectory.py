@@ -28,7 +28,7 @@ RUNS = {
     "catnip lr 2e-5": ("recipes/unlearn/catnip_builtin.yaml", ["optim.lr=2e-5", "trainer.max_steps=60",
                                                                "trainer.export_every=12"]),
     # a larger NPO beta: the weight 2*sigmoid(beta * log-ratio) of a forget answer vanishes after a few nats of
-    # log-ratio at beta 1 (after tens at 0.1), so each answer is pushed down only as far as it takes
+    # log-ratio at beta 1 (after tens at 0.1). Would each answer then stop once forgotten? Measured: no (README)
     "npo beta 1": ("recipes/unlearn/npo_builtin.yaml", ["objective.beta=1", "trainer.max_steps=40",
                                                         "trainer.export_every=8"]),
     "npo beta 0.5": ("recipes/unlearn/npo_builtin.yaml", ["objective.beta=0.5", "trainer.max_steps=40",
