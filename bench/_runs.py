@@ -24,6 +24,9 @@ def main(doc: str, default_root: str, runs: dict[str, tuple[str, list[str]]], ta
     p.add_argument("--table-only", action="store_true", help="re-print the table from finished runs")
     p.add_argument("overrides", nargs="*", help="a.b=c recipe overrides for every run")
     args = p.parse_args()
+    unknown = [n for n in args.only or [] if n not in runs]
+    if unknown:  # argparse reads `--only a b x.y=z` as three names: say so instead of dropping the override
+        p.error(f"unknown run name(s) {unknown}; runs: {list(runs)}. Put a.b=c overrides before --only.")
     root = Path(args.root)
     if not args.table_only:
         for name, (recipe, extra) in runs.items():
