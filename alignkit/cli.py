@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
 
         recipe = load_recipe(args.recipe, args.overrides)
         if args.dry_run:
+            # what can be checked without loading weights or reading a hub dataset: model path, data record kinds
+            from alignkit.models.loading import check_model_source
+            from alignkit.pipelines.preference import check_data_kinds
+
+            check_model_source(recipe.model.path, build=False)
+            check_data_kinds(recipe, read_hub=False)
             sys.stdout.write(dump_recipe(recipe))
             print(f"# global batch = {recipe.trainer.micro_batch_size} x {recipe.trainer.grad_accum} x "
                   f"{recipe.cluster.num_workers} = {recipe.global_batch_size}; output: {recipe.output_dir}")

@@ -3,6 +3,7 @@ against the schema before anything starts. Errors name the key, the file that se
 from __future__ import annotations
 
 import dataclasses
+import os
 import difflib
 import types
 import typing
@@ -23,16 +24,27 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     origins: dict[str, str] = {}
     merged = _load_with_bases(path, origins, chain=())
+    removals = [o for o in overrides if o.startswith("~")]
+    overrides = [o for o in overrides if not o.startswith("~")]
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
-            raise RecipeError(f"override `{bad[0]}` in {CLI} must look like key=value (for example optim.lr=1e-5)")
+            raise RecipeError(f"override `{bad[0]}` in {CLI} must look like key=value (for example optim.lr=1e-5), "
+                              "or ~key to remove a key")
         try:
             cli = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as exc:
             raise RecipeError(f"cannot parse {CLI}: {exc}") from None
         _record_origins(cli, CLI, origins)
         merged = _merge(merged, OmegaConf.create(cli))
+    for removal in removals:  # `~objective.beta`: drop a key the recipe (or its base) set
+        key = removal[1:].split("=", 1)[0]
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(merged, parent) if parent else merged
+        if node is None or not OmegaConf.is_dict(node) or leaf not in node:
+            raise RecipeError(f"override `{removal}` in {CLI}: the recipe sets no key `{key}`")
+        node.pop(leaf)
+        origins.pop(key, None)
     try:
         data = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as exc:
@@ -54,7 +66,8 @@ def _load_with_bases(path: Path, origins: dict[str, str], chain: tuple[Path, ...
     bases = cfg.pop("base", None)
     merged = OmegaConf.create()
     for base in [bases] if isinstance(bases, str) else list(bases or []):
-        merged = _merge(merged, _load_with_bases((path.parent / base), origins, (*chain, path.resolve())))
+        merged = _merge(merged, _load_with_bases(Path(os.path.normpath(path.parent / base)), origins,
+                                                 (*chain, path.resolve())))
     _record_origins(OmegaConf.to_container(cfg, resolve=False), str(path), origins)
     return _merge(merged, cfg)
 
@@ -215,6 +228,13 @@ def _build_objective(data: Any, where) -> ObjectiveConfig:
     for key, value in data.items():
         dotted = f"objective.{key}"
         if key not in allowed:
+            if where(dotted) != where("objective.name"):
+                # The objective was switched (say on the command line) and a parameter of the earlier one stayed.
+                params_doc = ", ".join(allowed) if allowed else "none"
+                raise RecipeError(
+                    f"objective `{name}` (set in {where('objective.name')}) has no parameter `{key}` (its "
+                    f"parameters: {params_doc}); `{dotted}` comes from {where(dotted)}, written for another "
+                    f"objective. Drop it with the override `~{dotted}`")
             raise RecipeError(_unknown_key_message(dotted, where(dotted), ["objective.name"]
                                                    + [f"objective.{k}" for k in allowed]))
         params[key] = _coerce(value, hints[key], dotted, where)

@@ -16,6 +16,9 @@ class RunConfig:
     # null: a fresh run (earlier checkpoints are kept, not used); auto: continue from the latest checkpoint of this
     # run name in storage_path; or a path to one checkpoint directory.
     resume: str | None = None
+    # An output directory that already holds a run is refused unless this is true: then the earlier run's files are
+    # replaced, but only once this run finishes (a failed run restores them). See alignkit/pipelines/rundir.py.
+    overwrite: bool = False
 
 
 @dataclass

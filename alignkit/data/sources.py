@@ -124,6 +124,42 @@ def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error",
     return LoadedData(rows, origin, skipped)
 
 
+KIND_SHAPES = {"pairs": "prompt + chosen + rejected", "reward_pairs": "prompt + chosen + rejected",
+               "sft": "prompt + completion, or messages", "unpaired": "prompt + completion + label",
+               "forget": "question + answer, prompt + completion, or text"}
+
+
+def row_kinds(row) -> list[str]:
+    """The record kinds a raw row is valid as."""
+    kinds = []
+    for kind in KIND_SHAPES:
+        try:
+            normalize_row(row, kind, "row")
+            kinds.append(kind)
+        except DataError:
+            pass
+    if is_pair_row(row):
+        kinds.append("unpaired")  # pairs feed unpaired objectives as two records
+    return kinds
+
+
+def is_hub_source(spec: str) -> bool:
+    return not spec.startswith("builtin:") and not (Path(spec).expanduser().suffix in (".jsonl", ".json", ".parquet")
+                                                     or Path(spec).expanduser().exists())
+
+
+def kind_mismatch(spec: str, split: str, kind: str, *, seed: int = 0, hub_config: str | None = None,
+                  sample: int = 5) -> tuple[str, list[str], str] | None:
+    """None when the first `sample` rows of a source include a valid `kind` record (bad rows of the right kind get
+    their own row-level message from load_records); else (origin, the kinds its first row is, its fields).
+    A hub dataset is read whole: validation-only callers skip hub sources (is_hub_source)."""
+    raw, origin = _read_raw(spec, split, seed, hub_config)
+    rows = [r for r in raw[:sample] if isinstance(r, dict)]
+    if not rows or any(kind in row_kinds(r) for r in rows):
+        return None
+    return origin, row_kinds(rows[0]), ", ".join(list(rows[0])[:8])
+
+
 def behaviour_scorer(spec: str | None):
     """The behavioural checker of a built-in dataset (or None): `(row, completion) -> {metric: value}`."""
     if spec and spec.startswith("builtin:"):

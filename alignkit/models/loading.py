@@ -69,14 +69,22 @@ def load_model_for(kind: str, path: str, dtype: str = "float32", trust_remote_co
     return load_causal_lm(path, dtype, trust_remote_code)
 
 
-def check_model_source(path: str) -> None:
-    """Fail early (before workers start) on a model path that is neither built-in, local, nor hub-like."""
+def check_model_source(path: str, build: bool = True) -> None:
+    """Fail early (before workers start) on a model path that is neither built-in, local, nor hub-like. `build`:
+    a built-in model is built (converted on first use) now; else only its name is checked."""
     if path.startswith("builtin:"):
-        resolve_model_path(path)
+        from alignkit.models.builtin import BUILTIN_MODELS
+
+        name = path.removeprefix("builtin:")
+        if build or name not in BUILTIN_MODELS:
+            resolve_model_path(path)
         return
     p = Path(path).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
+            if (p / "final" / "config.json").exists():
+                raise AlignkitError(f"{p} is a run directory, not a model directory; its trained model is "
+                                    f"{p / 'final'}")
             raise AlignkitError(f"model directory {p} has no config.json (is it a Hugging Face model directory?)")
         return
     if path.startswith((".", "/", "~")) or path.count("/") > 1:

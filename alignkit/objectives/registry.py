@@ -89,6 +89,12 @@ def get_objective(name: str) -> Objective:
     return _REGISTRY[name]
 
 
+def objectives_for_kinds(kinds: list[str]) -> list[str]:
+    """Names of the objectives that consume records of any of `kinds`."""
+    _load_builtin_objectives()
+    return sorted(name for name, o in _REGISTRY.items() if o.kind in kinds)
+
+
 def _load_builtin_objectives() -> None:
     # Importing the modules runs their @register decorators.
     from alignkit.objectives import dpo, pmpo, reward, sft, unlearning  # noqa: F401

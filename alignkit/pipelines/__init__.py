@@ -5,8 +5,10 @@ from pathlib import Path
 
 
 def run_pipeline(recipe) -> Path:
-    """Train and evaluate per the recipe; returns the run directory (with report.md)."""
+    """Train and evaluate per the recipe; returns the run directory (with report.md). An earlier run in the output
+    directory is refused, or with run.overwrite replaced only when this one succeeds (pipelines/rundir.py)."""
     from alignkit.objectives import get_objective
+    from alignkit.pipelines.rundir import run_directory
 
     kind = get_objective(recipe.objective.name).kind
     if kind == "reward_pairs":
@@ -15,4 +17,5 @@ def run_pipeline(recipe) -> Path:
         from alignkit.pipelines.unlearn import run
     else:
         from alignkit.pipelines.preference import run
-    return run(recipe)
+    with run_directory(recipe.output_dir, recipe.run.overwrite, recipe.run.resume is not None) as run_dir:
+        return run(recipe, run_dir)

@@ -15,6 +15,7 @@ from alignkit.data.encode import EncodeSettings, encode_rows
 from alignkit.data.sources import behaviour_scorer, load_records
 from alignkit.models.loading import check_model_source, load_tokenizer, resolve_model_path
 from alignkit.objectives import get_objective
+from alignkit.pipelines.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,41 @@ def provenance() -> dict:
     return {"versions": versions, "git_sha": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def check_data_kinds(recipe: Recipe, read_hub: bool = True) -> None:
+    """Each data source of the recipe holds the record kind its objective consumes (judged from its first rows),
+    else one DataError that says which kind each side has and which objectives fit the data."""
+    from alignkit.data.sources import KIND_SHAPES, is_hub_source, kind_mismatch
+    from alignkit.errors import DataError
+    from alignkit.objectives.registry import objectives_for_kinds
+
+    objective = get_objective(recipe.objective.name)
+    d = recipe.data
+    sources = [("data.train", d.train, d.train_split, objective.kind)]
+    if d.eval:
+        sources.append(("data.eval", d.eval, d.eval_split, objective.kind))
+    if "retain" in objective.needs and d.retain:
+        sources.append(("data.retain", d.retain, d.retain_split, "forget"))
+    for key, spec, split, kind in sources:
+        if not read_hub and is_hub_source(spec):
+            log.info("%s: hub dataset %s is not read by --dry-run; its rows are validated when the run starts",
+                     key, spec)
+            continue
+        found = kind_mismatch(spec, split, kind, seed=d.seed, hub_config=d.hub_config)
+        if found is None:
+            continue
+        origin, kinds, fields = found
+        has = f"`{kinds[0]}` records" if kinds else "rows of no record kind alignkit knows"
+        hint = f"; objectives that take this data: {', '.join(objectives_for_kinds(kinds))}" if kinds else ""
+        raise DataError(f"objective `{objective.name}` consumes `{kind}` records ({KIND_SHAPES[kind]}), but {key} "
+                        f"({origin}) holds {has} (fields: {fields}){hint}")
+
+
 def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
     """Load, validate and tokenize train/eval data once, in the driver, so bad data fails before workers start."""
     objective = get_objective(recipe.objective.name)
     kind = objective.kind
     d = recipe.data
+    check_data_kinds(recipe)
     # PMPO's one-sided modes train on one side of the data only: drop the other side's records up front.
     side = recipe.objective.params.get("mode", "both")
     keep = {"accepted_only": (True,), "rejected_only": (False,)}.get(side, (True, False))
@@ -99,8 +130,14 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
                           f"{recipe.trainer.micro_batch_size} x trainer.grad_accum {recipe.trainer.grad_accum} x "
                           f"cluster.num_workers {recipe.cluster.num_workers}) is larger than the "
                           f"{len(encoded_train)} training records of {train.origin}")
+    # The same source and split for training and evaluation: its "held-out" metrics are on training rows.
+    eval_is_train = bool(d.eval) and d.eval == d.train and d.eval_split == d.train_split
+    if eval_is_train:
+        log.warning("data.eval and data.eval_split name the training data (%s, split %s): the eval/ metrics are on "
+                    "rows the run trains on, not held out", d.train, d.train_split)
     stats = {"train_rows": len(encoded_train), "eval_rows": len(encoded_eval), "train_origin": train.origin,
-             "eval_origin": eval_origin, "skipped_rows": train.skipped, "truncated_rows": cut_train + cut_eval}
+             "eval_origin": eval_origin, "skipped_rows": train.skipped, "truncated_rows": cut_train + cut_eval,
+             "eval_is_train": eval_is_train}
     if cut_train + cut_eval:
         log.warning("%d row(s) truncated to data.max_length=%d / max_prompt_length=%d", cut_train + cut_eval,
                     d.max_length, d.max_prompt_length)
@@ -134,8 +171,9 @@ class TrainedRun:
         return {
             "recipe": recipe.source, "model": recipe.model.path,
             "objective": f"{recipe.objective.name} {recipe.objective.params or ''}".strip(),
-            "data": f"{stats['train_rows']} train records ({stats['train_origin']}), {stats['eval_rows']} held-out "
-                    f"records for the loss metrics{extra_data}",
+            "data": f"{stats['train_rows']} train records ({stats['train_origin']}), {stats['eval_rows']} "
+                    + ("records of the training split (not held out) " if stats.get("eval_is_train") else
+                       "held-out records ") + f"for the loss metrics{extra_data}",
             "optimizer steps": t.max_steps,
             "global batch": f"{recipe.global_batch_size} (micro {t.micro_batch_size} x accum {t.grad_accum} x "
                             f"{recipe.cluster.num_workers} workers)",
@@ -146,27 +184,16 @@ class TrainedRun:
         }
 
 
-def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviour.json"),
-                weight_sink=None) -> TrainedRun:
-    """Write the run record, prepare the data in the driver, and train in Ray Train workers. `weight_sink`
-    (rollout/weight_sync.py CollectiveSync): rank 0 pushes the final weights to rollout engines through it."""
+def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviour.json"), weight_sink=None,
+                run_dir: RunDirectory | None = None, started: float | None = None) -> TrainedRun:
+    """Validate model and data (in the driver), then claim the output directory and write the run record, then
+    train in Ray Train workers. Nothing under the output directory changes before the inputs are validated.
+    `stale`: result files a resumed run writes anew. `run_dir`: the pipeline's RunDirectory (default: one for
+    the recipe, without rollback). `started`: the pipeline's clock (perf_counter), for the report's total time.
+    `weight_sink` (rollout/weight_sync.py CollectiveSync): rank 0 pushes the final weights to rollout engines."""
     from alignkit.distributed.ray_train import ensure_ray, run_training
 
-    started = time.perf_counter()
-    out = Path(recipe.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    # A resumed run keeps its metrics (the workers cut them back to the checkpoint's step); a fresh run starts clean.
-    for name in stale + (() if recipe.run.resume else ("metrics.jsonl",)):
-        (out / name).unlink(missing_ok=True)
-    if not recipe.run.resume:  # models exported along an earlier run (trainer.export_every) are not this run's
-        import shutil
-
-        for old in out.glob("step_*"):
-            shutil.rmtree(old, ignore_errors=True)
-    (out / "recipe.yaml").write_text(
-        dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
-        + "provenance: " + json.dumps(provenance()) + "\n")
-
+    started = time.perf_counter() if started is None else started
     t0 = time.perf_counter()
     check_model_source(recipe.model.path)
     model_dir = resolve_model_path(recipe.model.path)
@@ -179,14 +206,21 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
              "%d steps = %.2f epochs", t.micro_batch_size, t.grad_accum, recipe.cluster.num_workers,
              recipe.global_batch_size, t.max_steps, t.max_steps * recipe.global_batch_size / stats["train_rows"])
 
+    # Validated: from here on the output directory is this run's (an earlier run is set aside, not deleted).
+    # A resumed run keeps its metrics (the workers cut them back to the checkpoint's step) and exports.
+    out = (run_dir or RunDirectory.of(recipe)).claim(stale)
+    (out / "recipe.yaml").write_text(
+        dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
+        + "provenance: " + json.dumps(provenance()) + "\n")
+
     ensure_ray()
     t1 = time.perf_counter()
     run_training(recipe, encoded, out, weight_sink=weight_sink)
     return TrainedRun(out, model_dir, info, time.perf_counter() - t1, started)
 
 
-def run(recipe: Recipe) -> Path:
-    trained = train_stage(recipe)
+def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
+    trained = train_stage(recipe, run_dir=run_dir)
     out = trained.out
     behaviour = None
     scorer = behaviour_scorer(recipe.data.eval)

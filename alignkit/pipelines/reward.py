@@ -11,15 +11,16 @@ from pathlib import Path
 from alignkit.config.schema import Recipe
 from alignkit.data.encode import EncodeSettings
 from alignkit.pipelines.preference import train_stage
+from alignkit.pipelines.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
 
-def run(recipe: Recipe) -> Path:
+def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     from alignkit.evaluation.reward import load_suite
 
     load_suite(recipe.eval.suite)  # a bad suite fails now, not after training
-    trained = train_stage(recipe, stale=("report.md", "reward_eval.json", "calibration.png"))
+    trained = train_stage(recipe, stale=("report.md", "reward_eval.json", "calibration.png"), run_dir=run_dir)
     out = trained.out
     results = evaluate(recipe, out / "final")
     (out / "reward_eval.json").write_text(json.dumps(results, indent=1))

@@ -22,6 +22,7 @@ from alignkit.config.loader import recipe_from_dict, recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.paths import cache_dir
 from alignkit.pipelines.preference import train_stage
+from alignkit.pipelines.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def learn_recipe(recipe: Recipe, role: str) -> Recipe:
     # settings that do not change the learned weights do not change the cache key
     key["trainer"] = {k: v for k, v in key["trainer"].items() if k not in ("progress_bar", "log_every", "export_every")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    # overwrite: a cache entry without learn_done.json is an interrupted learn run, redone from the start
     d["run"].update(name=f"learn_{role}", output_dir=str(cache_dir() / "unlearn" / f"{role}-{digest}"), resume=None,
-                    storage_path=None)
+                    storage_path=None, overwrite=True)
     return recipe_from_dict(d, source=f"{recipe.source} (learn stage: {role})")
 
 
@@ -127,8 +129,9 @@ def evaluation_sets(recipe: Recipe) -> dict[str, list[dict]]:
     return sets
 
 
-def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out: Path) -> dict:
-    """Every model through the suite, and the attacks on the unlearned one. Returns {row name: metrics}."""
+def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out: Path) -> tuple[dict, dict]:
+    """Every model through the suite, and the attacks on the unlearned one. Returns ({row name: metrics},
+    {attack: how it was measured})."""
     import torch
 
     from alignkit.evaluation.unlearning import compare_to_retain, evaluate_model, quantize_weights_
@@ -140,7 +143,7 @@ def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out
     torch.set_num_threads(max(1, int(c.cpus_per_worker * c.num_workers)))
     tokenizer = load_tokenizer(models["unlearned"])
     kw = dict(max_new_tokens=u.max_new_tokens, batch_size=recipe.eval.batch_size)
-    rows, details = {}, {}
+    rows, details, notes = {}, {}, {}
     for name, path in models.items():
         cached = _cached_evaluation(path, sets, kw, recipe.model.dtype)
         if cached and cached.exists():
@@ -157,12 +160,13 @@ def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out
         quantize_weights_(q, bits)
         rows[f"unlearned int{bits}"], details[f"unlearned int{bits}"] = evaluate_model(q, tokenizer, sets, **kw)
     if u.relearn_steps > 0:
-        rows["unlearned + relearn"], details["unlearned + relearn"] = _relearn(recipe, unlearned, tokenizer, sets, out,
-                                                                                kw)
+        rows["unlearned + relearn"], details["unlearned + relearn"], how = _relearn(recipe, unlearned, tokenizer,
+                                                                                     sets, out, kw)
+        notes["relearn"] = how
     if "retain" in details:
         for name in rows:
             rows[name].update(compare_to_retain(details[name], details["retain"]))
-    return rows
+    return rows, notes
 
 
 def _cached_evaluation(path: str, sets: dict, kw: dict, dtype: str) -> Path | None:
@@ -177,18 +181,33 @@ def _cached_evaluation(path: str, sets: dict, kw: dict, dtype: str) -> Path | No
     return model_dir.parent / f"eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 
-def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) -> tuple[dict, dict]:
-    """Relearning attack: SFT on the forget items of the first half of the forget authors (or items), then the
-    suite on the other half. Runs in this process (a few steps of a small model)."""
+def relearn_split(forget: list[dict]) -> tuple[list[dict], list[dict], str]:
+    """(items the attack trains on, items it is measured on, how they were split). By author when the set has two
+    or more authors (the attack must not have seen the measured authors), else by item; with a single item the
+    attack can only be measured on the item it relearned, and the description says so."""
+    authors = sorted({r["author"] for r in forget if r.get("author") is not None}, key=str)
+    if len(authors) >= 2 and all(r.get("author") is not None for r in forget):
+        first = set(authors[:len(authors) // 2])
+        known = [r for r in forget if r["author"] in first]
+        held = [r for r in forget if r["author"] not in first]
+        return known, held, (f"trained on the forget items of {len(first)} of {len(authors)} forget authors, "
+                             f"measured on the other {len(authors) - len(first)} authors' {len(held)} items")
+    if len(forget) >= 2:
+        half = len(forget) // 2
+        return forget[:half], forget[half:], (f"trained on {half} forget items, measured on the other "
+                                              f"{len(forget) - half} items (one author: split by item)")
+    return forget, forget, ("trained and measured on the same single forget item (nothing to hold out): this row "
+                            "measures relearning of seen items, not recovery of unseen ones")
+
+
+def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) -> tuple[dict, dict, str]:
+    """Relearning attack: SFT on the forget items of half of the forget authors (or items), then the suite on the
+    other half. Runs in this process (a few steps of a small model)."""
     from alignkit.data.encode import EncodeSettings, encode_rows
     from alignkit.engine.loop import TrainData, train
     from alignkit.evaluation.unlearning import evaluate_model
 
-    forget = sets["forget"]
-    groups = sorted({r.get("author", i) for i, r in enumerate(forget)}, key=str)
-    first = set(groups[:max(1, len(groups) // 2)])
-    known = [r for i, r in enumerate(forget) if r.get("author", i) in first]
-    held = [r for i, r in enumerate(forget) if r.get("author", i) not in first] or known
+    known, held, how = relearn_split(sets["forget"])
     d = recipe.data
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
     encoded, _ = encode_rows(tokenizer, known, "forget", settings, "relearn set")
@@ -205,10 +224,9 @@ def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) 
     train(recipe_from_dict(attack, source="relearning attack"), TrainData("sft", encoded, [], tokenizer.pad_token_id),
           out / "relearn", model=attacked)
     attacked.config.use_cache = True
-    log.info("relearning attack: %d steps on %d forget items; measuring the other %d", recipe.unlearn.relearn_steps,
-             len(known), len(held))
+    log.info("relearning attack: %d steps; %s", recipe.unlearn.relearn_steps, how)
     metrics, details = evaluate_model(attacked, tokenizer, {**sets, "forget": held}, **kw)
-    return metrics, details
+    return metrics, details, how
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -228,6 +246,18 @@ def results_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def plumbing_caveat(rows: dict[str, dict], learned: float = 0.5) -> str | None:
+    """A warning for the report when the numbers cannot mean anything: the target model never learned the forget
+    set (e.g. the random-weight tiny-llama of the debug recipes), so there is nothing to unlearn."""
+    target = rows.get("target", {})
+    key = next((k for k in ("forget/rouge", "forget/fact") if k in target), None)
+    if key is None or target[key] >= learned:
+        return None
+    return (f"Plumbing check only: the target model recalls almost none of the forget set ({key} = "
+            f"{target[key]:.3g} < {learned}), so there was nothing to unlearn and the metrics below say nothing "
+            "about the method.")
+
+
 def forget_vs_utility_plot(rows: dict[str, dict], path: Path) -> Path | None:
     try:
         import matplotlib
@@ -241,9 +271,13 @@ def forget_vs_utility_plot(rows: dict[str, dict], path: Path) -> Path | None:
     if x_key is None or "utility" not in first:
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
+    # Models at the same point (to 3 decimals) share one marker and one label listing them all.
+    points: dict[tuple[float, float], list[str]] = {}
     for name, m in rows.items():
-        ax.scatter(m[x_key], m["utility"], s=40)
-        ax.annotate(name, (m[x_key], m["utility"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        points.setdefault((round(m[x_key], 3), round(m["utility"], 3)), []).append(name)
+    for (x, y), names in points.items():
+        ax.scatter(x, y, s=40)
+        ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel({"forget/fact": "forget facts recalled (lower = forgotten)",
                    "forget/rouge": "forget ROUGE-L recall (lower = forgotten)"}[x_key])
     ax.set_ylabel("model utility (retain set)")
@@ -255,13 +289,14 @@ def forget_vs_utility_plot(rows: dict[str, dict], path: Path) -> Path | None:
 
 
 # -------------------------------------------------------------------------------------------------------- run
-def run(recipe: Recipe) -> Path:
+def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     import ray
 
     from alignkit.distributed.ray_train import ensure_ray
     from alignkit.evaluation.report import write_report
     from alignkit.models.loading import check_model_source
 
+    run_started = time.perf_counter()  # the one clock of the run's "total wall time"
     u = recipe.unlearn
     check_model_source(recipe.model.path)
     sets = evaluation_sets(recipe)  # bad data fails before any training
@@ -282,7 +317,8 @@ def run(recipe: Recipe) -> Path:
     unlearn["reference"]["path"] = None  # the target is the reference
     unlearn_recipe = recipe_from_dict(unlearn, source=recipe.source)
     start = time.perf_counter()
-    trained = train_stage(unlearn_recipe, stale=("report.md", "unlearning_eval.json", "forget_vs_utility.png"))
+    trained = train_stage(unlearn_recipe, stale=("report.md", "unlearning_eval.json", "forget_vs_utility.png"),
+                          run_dir=run_dir, started=run_started)
     stage_seconds["unlearn"] = time.perf_counter() - start
 
     out = trained.out
@@ -293,16 +329,22 @@ def run(recipe: Recipe) -> Path:
     c = recipe.cluster
     task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(evaluate_checkpoints)
     start = time.perf_counter()
-    rows = ray.get(task.remote(unlearn_recipe, models, sets, out))
+    rows, notes = ray.get(task.remote(unlearn_recipe, models, sets, out))
     stage_seconds["evaluate + attacks"] = time.perf_counter() - start
-    (out / "unlearning_eval.json").write_text(json.dumps({"models": models, "metrics": rows}, indent=1))
+    (out / "unlearning_eval.json").write_text(json.dumps({"models": models, "metrics": rows, "notes": notes},
+                                                         indent=1))
     plot = forget_vs_utility_plot(rows, out / "forget_vs_utility.png")
-    section = ["## Unlearning evaluation", "",
-               f"Forget set: {len(sets['forget'])} items of `{recipe.data.train}` split `{recipe.data.train_split}`; "
-               f"retain: {len(sets['retain'])}; holdout (non-members): {len(sets['holdout'])}. Attacks: relearning = "
-               f"{u.relearn_steps} SFT steps at lr {u.relearn_lr} on the first half of the forget authors, measured on "
-               f"the other half; intN = linear weights rounded to N bits (RTN, per channel). Metric definitions: "
-               "alignkit/evaluation/unlearning.py.", "", results_table(rows), ""]
+    relearn = (f"relearning = {u.relearn_steps} SFT steps at lr {u.relearn_lr}, {notes['relearn']}; "
+               if "relearn" in notes else "")
+    section = ["## Unlearning evaluation", ""]
+    caveat = plumbing_caveat(rows)
+    if caveat:
+        log.warning("%s", caveat)
+        section += [f"**{caveat}**", ""]
+    section += [f"Forget set: {len(sets['forget'])} items of `{recipe.data.train}` split `{recipe.data.train_split}`; "
+                f"retain: {len(sets['retain'])}; holdout (non-members): {len(sets['holdout'])}. Attacks: {relearn}"
+                "intN = linear weights rounded to N bits (RTN, per channel). Metric definitions: "
+                "alignkit/evaluation/unlearning.py.", "", results_table(rows), ""]
     if plot:
         section += [f"![forget vs utility]({plot.name})", ""]
     facts = trained.facts(unlearn_recipe) | {f"{k} wall time": f"{v:.0f} s" for k, v in stage_seconds.items()}

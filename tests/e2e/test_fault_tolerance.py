@@ -64,4 +64,6 @@ def test_resume_auto_continues_with_same_losses(tmp_path, uninterrupted):
     resumed = losses(out)
     assert sorted(resumed) == sorted(uninterrupted)
     for step in range(1, 7):
-        assert resumed[step]["train/loss"] == pytest.approx(uninterrupted[step]["train/loss"], abs=1e-5), step
+        # the resumed run fills its reference table in other batches (16 vs 24 visited examples): ~1 ulp of a
+        # sequence log-prob, <= 6e-6 in the loss (see test_resume_with_more_steps_fills_missing_reference_logps)
+        assert resumed[step]["train/loss"] == pytest.approx(uninterrupted[step]["train/loss"], abs=5e-5), step

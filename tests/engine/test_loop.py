@@ -74,16 +74,64 @@ def test_train_writes_metrics_and_final_model(tmp_path, tiny_data):
     assert any(not torch.equal(a, b) for a, b in zip(mid.parameters(), model.parameters()))
 
 
+def _train_recording(recipe, data, out):
+    """Train, recording every parameter's weight before and gradient at each optimizer step."""
+    seen = []
+
+    def before_step(optimizer, _args, _kwargs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        seen.append({"grads": [p.grad.detach().clone() for p in params],
+                     "weights": [p.detach().clone() for p in params]})
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(before_step)
+    try:
+        summary = train(recipe, data, out)
+    finally:
+        handle.remove()
+    return summary, seen
+
+
 def test_grad_accum_equals_bigger_micro_batch(tmp_path, tiny_data):
-    """2 micro-batches of 2 with accumulation give the same update as one batch of 4 (mean losses, same examples)."""
-    a = train(_recipe(tmp_path / "a", micro_batch_size=4, grad_accum=1, max_steps=2), tiny_data, tmp_path / "a")
-    b = train(_recipe(tmp_path / "b", micro_batch_size=2, grad_accum=2, max_steps=2), tiny_data, tmp_path / "b")
-    assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-5)
+    """2 micro-batches of 2 with accumulation give the gradient of one batch of 4 (mean losses, same examples),
+    and so the same update.
+
+    Tolerances, from the arithmetic: both sides sum the same per-token terms, in another order and with other padding
+    (a batch pads to its longest sequence), so in fp32 they differ by rounding only: each gradient entry sums
+    n ~ 4 sequences x ~60 tokens x (64 hidden | 256 intermediate) products, and the rounding error of such a sum is
+    at most ~n * 2**-24 of the sum of |terms|; measured it is <= 1.6e-6 of the tensor's largest entry (AMD EPYC,
+    ATEN_CPU_CAPABILITY default / avx2 / avx512, 1 and 2 threads). We allow 1e-4 of the largest entry. The loss is
+    beta-scaled differences of sequence log-prob sums of ~60 tokens x ~10 nats: the sum's rounding, up to ~60 x 2**-24
+    x 600 = 2e-3 nats, times beta 0.1 and a sigmoid slope <= 1, bounds it by ~4e-4 (measured <= 1.5e-6 relative);
+    we allow 2e-4 absolute. Weights are not compared
+    entry by entry: Adam divides by sqrt(v), so an entry whose gradient is ~0 moves by up to lr whatever its last bits
+    (the failure this test had on AVX-512). The update as a whole must agree: ||delta_a - delta_b|| / ||delta_a||
+    stays at the gradients' relative error times Adam's gain on near-zero entries (measured <= 1.4e-4); we allow
+    1e-2. (Entry by entry, final weights differed by up to 1.9e-5 here: above the 1e-5 this test used to demand.)"""
+    a, seen_a = _train_recording(_recipe(tmp_path / "a", micro_batch_size=4, grad_accum=1, max_steps=2), tiny_data,
+                                 tmp_path / "a")
+    b, seen_b = _train_recording(_recipe(tmp_path / "b", micro_batch_size=2, grad_accum=2, max_steps=2), tiny_data,
+                                 tmp_path / "b")
+    assert len(seen_a) == len(seen_b) == 2
+    assert a["train/loss"] == pytest.approx(b["train/loss"], abs=2e-4)
+    for ga, gb in zip(seen_a[0]["grads"], seen_b[0]["grads"]):  # same starting weights: the gradients compare
+        scale = float(ga.abs().max())
+        torch.testing.assert_close(gb, ga, rtol=0, atol=1e-4 * scale + 1e-30)
     from safetensors.torch import load_file
 
     wa, wb = load_file(tmp_path / "a/final/model.safetensors"), load_file(tmp_path / "b/final/model.safetensors")
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)
+    names = [n for n, _ in _named_trainable(tmp_path / "a")]
+    for name, w0 in zip(names, seen_a[0]["weights"]):
+        delta_a, delta_b = wa[name] - w0, wb[name] - w0
+        assert float((delta_a - delta_b).norm()) <= 1e-2 * float(delta_a.norm()), name
+
+
+def _named_trainable(model_dir):
+    from alignkit.models.loading import load_causal_lm
+
+    model = load_causal_lm(str(model_dir / "final"))
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def test_live_reference_matches_precompute(tmp_path, tiny_data):
@@ -91,7 +139,10 @@ def test_live_reference_matches_precompute(tmp_path, tiny_data):
     recipe = _recipe(tmp_path / "l", max_steps=2)
     recipe.reference.mode = "live"
     live = train(recipe, tiny_data, tmp_path / "l")
-    assert pre["train/loss"] == pytest.approx(live["train/loss"], abs=1e-5)
+    # The live reference scores training batches (4 sequences), the precomputed table 8-sequence batches: other
+    # padding, so sequence log-probs of ~-300 differ by ~1-2 ulp (3e-5); times beta/2 = 0.05 per side that is
+    # <= 6e-6 in the loss. 5e-5 holds on every CPU and is still ~20x below one step's loss change.
+    assert pre["train/loss"] == pytest.approx(live["train/loss"], abs=5e-5)
 
 
 def test_non_finite_loss_stops_with_clear_error(tmp_path, tiny_data):
@@ -166,7 +217,7 @@ def test_resume_gives_the_same_losses(tmp_path, tiny_data, reference_mode):
     train(r, tiny_data, part, hooks=RunHooks(resume_dir=tmp_path / "full_ckpt" / "step_3"))
     a, b = _losses(full / "metrics.jsonl"), _losses(part / "metrics.jsonl")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
-    for step in range(1, 7):
+    for step in range(1, 7):  # same ops in the same order (the checkpoint's own reference table): exact by construction
         assert b[step] == pytest.approx(a[step], abs=1e-5), step
     from safetensors.torch import load_file
 
@@ -217,5 +268,7 @@ def test_resume_with_more_steps_fills_missing_reference_logps(tmp_path, tiny_dat
     train(_recipe(short, max_steps=5), tiny_data, short, hooks=RunHooks(resume_dir=tmp_path / "ckpt" / "step_2"))
     a, b = _losses(long / "metrics.jsonl"), _losses(short / "metrics.jsonl")
     assert sorted(b) == [1, 2, 3, 4, 5]
+    # The missing reference entries are computed in other batches than the long run's (other padding): sequence
+    # log-probs differ by ~1-2 ulp (3e-5), the loss by <= beta/2 x that per side; 5e-5 holds on every CPU.
     for step in a:
-        assert b[step] == pytest.approx(a[step], abs=1e-5), step
+        assert b[step] == pytest.approx(a[step], abs=5e-5), step

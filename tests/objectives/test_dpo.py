@@ -121,5 +121,7 @@ def test_parity_with_trl_dpo_trainer(tiny_model_dir, tokenizer, loss_type, eps):
               "ref_rejected_logps": ref[1]}
     with torch.no_grad():
         theirs = DPOTrainer._compute_loss(fake_trainer, model, inputs, return_outputs=False)
-    assert float(ours) == pytest.approx(float(theirs), rel=1e-5, abs=1e-5)
+    # Other kernels (full log-softmax vs TRL's fused head): sequence log-probs of |s| <= 300 differ by ~2 ulp
+    # (6e-5); |dL/ds| <= beta = 0.2 for sigmoid/hinge, so the loss moves by <= ~1.2e-5. 5e-5 holds on every CPU.
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5, abs=5e-5)
     assert fake_trainer._metrics["eval"]["rewards/margins"]  # TRL really ran its metric code on this batch

@@ -87,11 +87,14 @@ def test_weight_sync_matches_the_trainer_after_a_training_step(tmp_path, tiny_mo
     rows = [{**encode_sft(engine.tokenizer, {"prompt": p, "completion": [{"role": "assistant", "content": c}]},
                           EncodeSettings(96, 64)), "index": i} for i, (p, c) in enumerate(zip(prompts, completions))]
     with torch.no_grad():
-        trainer_logps = _forward(policy.eval(), collate_sft(rows, encoded["pad_id"]), nullcontext())["seq_logps"]
-    before = torch.tensor([sum(x) for x in engine.score(prompts, completions)])
+        out = _forward(policy.eval(), collate_sft(rows, encoded["pad_id"]), nullcontext())
+    # summed in float64 on both sides: the engine's per-token values are the trainer's, only a fp32 sum of ~12
+    # terms of ~-10 could differ (by up to ~5e-5)
+    trainer_logps = (out["token_logps"].double() * out["token_mask"]).sum(-1)
+    before = torch.tensor([sum(x) for x in engine.score(prompts, completions)], dtype=torch.float64)
     assert (before - trainer_logps).abs().max() > 1e-2  # the step moved the weights
     version = engine.update_weights({k: v.detach().clone() for k, v in policy.state_dict().items()})
-    after = torch.tensor([sum(x) for x in engine.score(prompts, completions)])
+    after = torch.tensor([sum(x) for x in engine.score(prompts, completions)], dtype=torch.float64)
     torch.testing.assert_close(after, trainer_logps, atol=1e-4, rtol=0)
     assert version == engine.health()["weights_version"] >= 1
     with pytest.raises(ValueError, match="does not match"):
