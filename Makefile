@@ -40,7 +40,7 @@ test-vllm: install-vllm
 	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-0-1} $(VLLM_VENV)/bin/python -m pytest -q -m vllm
 
 quickstart: install
-	$(BIN)/python launch.py recipes/quickstart.yaml
+	$(BIN)/python launch.py recipes/quickstart.yaml run.overwrite=true
 
 test: install
 	$(BIN)/python -m pytest -q

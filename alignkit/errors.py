@@ -11,3 +11,21 @@ class RecipeError(AlignkitError):
 
 class DataError(AlignkitError):
     """A data source is missing or a row is malformed."""
+
+
+def run_command(main, argv=None) -> int:
+    """Run a command-line entry point `main(argv) -> exit code` with the CLI's promise: an AlignkitError is one
+    `error: ...` line on stderr and exit code 2, no traceback (ALIGNKIT_DEBUG=1 shows it)."""
+    import os
+    import sys
+
+    try:
+        return main(argv)
+    except AlignkitError as exc:
+        if os.environ.get("ALIGNKIT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -3,8 +3,8 @@ against the schema before anything starts. Errors name the key, the file that se
 from __future__ import annotations
 
 import dataclasses
-import os
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -228,13 +228,16 @@ def _build_objective(data: Any, where) -> ObjectiveConfig:
     for key, value in data.items():
         dotted = f"objective.{key}"
         if key not in allowed:
-            if where(dotted) != where("objective.name"):
-                # The objective was switched (say on the command line) and a parameter of the earlier one stayed.
+            if key in _params_of_other_objectives(str(name)) and not difflib.get_close_matches(key, allowed, n=1,
+                                                                                                  cutoff=0.6):
+                # Most often the objective was switched (say on the command line) and a parameter of the earlier
+                # one stayed, from the base recipe.
                 params_doc = ", ".join(allowed) if allowed else "none"
+                also = (f"; `{dotted}` comes from {where(dotted)}, written for another objective"
+                        if where(dotted) != where("objective.name") else "")
                 raise RecipeError(
                     f"objective `{name}` (set in {where('objective.name')}) has no parameter `{key}` (its "
-                    f"parameters: {params_doc}); `{dotted}` comes from {where(dotted)}, written for another "
-                    f"objective. Drop it with the override `~{dotted}`")
+                    f"parameters: {params_doc}){also}. Drop it with the override `~{dotted}`")
             raise RecipeError(_unknown_key_message(dotted, where(dotted), ["objective.name"]
                                                    + [f"objective.{k}" for k in allowed]))
         params[key] = _coerce(value, hints[key], dotted, where)
@@ -243,6 +246,12 @@ def _build_objective(data: Any, where) -> ObjectiveConfig:
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"objective `{name}` in {where('objective')}: {exc}") from None
     return ObjectiveConfig(name=str(name), params=params)
+
+
+def _params_of_other_objectives(name: str) -> set[str]:
+    from alignkit.objectives.registry import _REGISTRY
+
+    return {f.name for other, o in _REGISTRY.items() if other != name for f in dataclasses.fields(o.params_cls)}
 
 
 def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:

@@ -17,7 +17,7 @@ class RunConfig:
     # run name in storage_path; or a path to one checkpoint directory.
     resume: str | None = None
     # An output directory that already holds a run is refused unless this is true: then the earlier run's files are
-    # replaced, but only once this run finishes (a failed run restores them). See alignkit/pipelines/rundir.py.
+    # replaced, but only once this run finishes (a failed run restores them). See alignkit/rundir.py.
     overwrite: bool = False
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from alignkit.config.loader import recipe_from_dict, recipe_to_dict
@@ -26,10 +27,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local Ray 2.60 otherwise writes an auth token to ~/.ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     start = time.perf_counter()
+    _drop_benign_ray_lines()
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         ray.init(log_to_driver=True)
         log.info("connected to Ray cluster %s", os.environ.get("RAY_ADDRESS", "(job)"))
     else:
+        # A local Ray has no spot nodes to be preempted: Ray Train's preemption watcher has nothing to watch.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # The dashboard is on because Ray Train's placement-group cleaner polls the state API and logs a warning
         # every second without it.
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
@@ -37,10 +41,32 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         log.info("started a local Ray in %.1f s", time.perf_counter() - start)
 
 
+# Lines Ray forwards from its own processes that are not the user's concern and read like errors: Ray Train's
+# controller logs at level E that its preemption-watcher actor has constructor arguments in the object store.
+BENIGN_RAY_LINES = ("has constructor arguments in the object store and max_restarts > 0",)
+
+
+def _drop_benign_ray_lines() -> None:
+    """Filter BENIGN_RAY_LINES out of the worker output Ray prints in this driver (everything else is kept)."""
+    import ray._private.worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "alignkit_filtered", False):
+        return
+
+    def filtered(data, ignore_prefix: bool):
+        lines = [x for x in data.get("lines", []) if not any(b in x for b in BENIGN_RAY_LINES)]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix)
+
+    filtered.alignkit_filtered = True
+    ray_worker.print_to_stdstream = filtered
+
+
 def _worker_env() -> dict[str, str]:
     # Caches and offline flags travel to workers; the alignkit cache holds the built-in models.
     keys = ["ALIGNKIT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TORCH_EXTENSIONS_DIR",
-            "TRANSFORMERS_OFFLINE", "ALIGNKIT_FAULT"]
+            "TRANSFORMERS_OFFLINE", "ALIGNKIT_FAULT", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -83,9 +109,12 @@ def _worker_main(config: dict) -> None:
     from alignkit.engine.loop import RunHooks, TrainData, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Deprecation notices from torch.distributed inside DeepSpeed are not the user's to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     recipe = recipe_from_dict(config["recipe"], source=config["source"])
     if not recipe.cluster.use_gpu:
         torch.set_num_threads(max(1, int(recipe.cluster.cpus_per_worker)))
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen, not a failed GPU detection (DeepSpeed's warning)
     if recipe.trainer.backend == "deepspeed":
         import deepspeed
 

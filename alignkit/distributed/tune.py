@@ -18,6 +18,7 @@ from pathlib import Path
 from alignkit.config.loader import dump_recipe, recipe_from_dict, recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.errors import AlignkitError, RecipeError
+from alignkit.rundir import run_directory
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,6 @@ def _trial(config: dict) -> None:
 
 
 def run_sweep(recipe: Recipe) -> Path:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from alignkit.distributed.ray_train import ensure_ray
-
     sw = recipe.sweep
     if not sw.space:
         raise RecipeError(f"--sweep needs a `sweep.space` in {recipe.source} (for example "
@@ -120,7 +116,19 @@ def run_sweep(recipe: Recipe) -> Path:
     if sw.scheduler == "asha" and not recipe.trainer.eval_every:
         raise RecipeError("sweep.scheduler: asha needs trainer.eval_every > 0 (ASHA decides at evaluations)")
     sweep_dir = Path(recipe.output_dir).resolve().with_name(Path(recipe.output_dir).name + "-sweep")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # an earlier sweep of this name is refused, or with run.overwrite replaced once this one has finished
+    with run_directory(sweep_dir, recipe.run.overwrite, resume=False) as directory:
+        directory.claim()
+        return _run_tuner(recipe, sweep_dir)
+
+
+def _run_tuner(recipe: Recipe, sweep_dir: Path) -> Path:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from alignkit.distributed.ray_train import ensure_ray
+
+    sw = recipe.sweep
     ensure_ray()
     scheduler = None
     if sw.scheduler == "asha":

@@ -169,14 +169,18 @@ class RewardSuite:
     calibration_bins: int = 10
 
 
-def load_suite(path: str | None) -> RewardSuite:
+def load_suite(path: str | None, key: str = "eval.suite") -> RewardSuite:
+    """The suite file `path` (named by `key`, for the error message), validated."""
     if path is None:
         return RewardSuite()
     from omegaconf import OmegaConf
 
     if not Path(path).is_file():
-        raise RecipeError(f"evaluation suite {path} does not exist (eval.suite)")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+        raise RecipeError(f"evaluation suite {path} does not exist ({key})")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except Exception as exc:  # YAML errors carry their line
+        raise RecipeError(f"cannot parse {path}: {exc}".replace("\n", " ")) from None
     allowed = {"sets", "max_pairs", "fillers", "calibration_bins"}
     unknown = set(raw) - allowed
     if unknown:
@@ -266,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write reward_eval.json and calibration.png here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = run_suite(args.model, load_suite(args.suite))
+    from alignkit.models.loading import check_model_source
+
+    suite = load_suite(args.suite, key="--suite")  # both checked before any model is loaded
+    check_model_source(args.model)
+    results = run_suite(args.model, suite)
     print(results_table(results))
     if args.out:
         out = Path(args.out)
@@ -277,4 +285,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from alignkit.errors import run_command
+
+    raise SystemExit(run_command(main))

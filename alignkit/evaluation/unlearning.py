@@ -315,14 +315,18 @@ class UnlearningSuite:
     batch_size: int = 16
 
 
-def load_suite(path: str) -> UnlearningSuite:
+def load_suite(path: str, key: str = "eval.suite") -> UnlearningSuite:
+    """The suite file `path` (named by `key`, for the error message), validated."""
     from omegaconf import OmegaConf
 
     from alignkit.errors import RecipeError
 
     if not Path(path).is_file():
-        raise RecipeError(f"evaluation suite {path} does not exist")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+        raise RecipeError(f"evaluation suite {path} does not exist ({key})")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except Exception as exc:  # YAML errors carry their line
+        raise RecipeError(f"cannot parse {path}: {exc}".replace("\n", " ")) from None
     allowed = {f.name for f in dataclasses.fields(UnlearningSuite)}
     if set(raw) - allowed:
         raise RecipeError(f"{path}: unknown key(s) {sorted(set(raw) - allowed)}; allowed: {sorted(allowed)}")
@@ -416,11 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    suite = load_suite(args.suite)
+    from alignkit.models.loading import check_model_source
+
+    suite = load_suite(args.suite, key="--suite")
     models = dict(m.split("=", 1) if "=" in m else (Path(m).name if Path(m).name != "final" else
                                                      Path(m).parent.name, m) for m in args.models)
     if args.retain_model:
         models = {"retain": args.retain_model, **models}
+    for path in models.values():  # every model path before the first is loaded
+        check_model_source(path)
     rows = evaluate_paths(models, read_suite_sets(suite), retain="retain" if args.retain_model else None,
                           max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size)
     print(results_table(rows))
@@ -432,4 +440,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from alignkit.errors import run_command
+
+    raise SystemExit(run_command(main))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 def run_pipeline(recipe) -> Path:
     """Train and evaluate per the recipe; returns the run directory (with report.md). An earlier run in the output
-    directory is refused, or with run.overwrite replaced only when this one succeeds (pipelines/rundir.py)."""
+    directory is refused, or with run.overwrite replaced only when this one succeeds (alignkit/rundir.py)."""
     from alignkit.objectives import get_objective
-    from alignkit.pipelines.rundir import run_directory
+    from alignkit.rundir import run_directory
 
     kind = get_objective(recipe.objective.name).kind
     if kind == "reward_pairs":

@@ -15,7 +15,7 @@ from alignkit.data.encode import EncodeSettings, encode_rows
 from alignkit.data.sources import behaviour_scorer, load_records
 from alignkit.models.loading import check_model_source, load_tokenizer, resolve_model_path
 from alignkit.objectives import get_objective
-from alignkit.pipelines.rundir import RunDirectory
+from alignkit.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 

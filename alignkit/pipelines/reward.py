@@ -11,7 +11,7 @@ from pathlib import Path
 from alignkit.config.schema import Recipe
 from alignkit.data.encode import EncodeSettings
 from alignkit.pipelines.preference import train_stage
-from alignkit.pipelines.rundir import RunDirectory
+from alignkit.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 

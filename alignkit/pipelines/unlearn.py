@@ -22,7 +22,7 @@ from alignkit.config.loader import recipe_from_dict, recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.paths import cache_dir
 from alignkit.pipelines.preference import train_stage
-from alignkit.pipelines.rundir import RunDirectory
+from alignkit.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 

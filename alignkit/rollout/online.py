@@ -121,8 +121,9 @@ def run_online(recipe, prompt_rows: list[dict], provider: Provider, build_rows: 
                 d["model"]["path"] = policy
                 d["data"].update(train=str(data), train_split="train", eval=None, train_size=None)
                 d["trainer"]["max_steps"] = settings.steps_per_round
+                # overwrite: a round without done.json died mid-way and is redone from its start
                 d["run"].update(name=f"{recipe.run.name}_round_{r}", output_dir=str(round_dir / "train"),
-                                resume=None, storage_path=None)
+                                resume=None, storage_path=None, overwrite=True)
                 d["eval"]["generate"] = False
                 if recipe.rollout.colocate:
                     pool.sleep()  # the engines free their GPU memory for the trainer
