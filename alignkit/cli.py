@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
             from alignkit.pipelines.preference import check_data_kinds
 
             check_model_source(recipe.model.path, build=False)
-            check_data_kinds(recipe, read_hub=False)
+            if recipe.online.rounds > 0:
+                from alignkit.pipelines.online import validate
+
+                validate(recipe, read_hub=False)
+            else:
+                check_data_kinds(recipe, read_hub=False)
             sys.stdout.write(dump_recipe(recipe))
             print(f"# global batch = {recipe.trainer.micro_batch_size} x {recipe.trainer.grad_accum} x "
                   f"{recipe.cluster.num_workers} = {recipe.global_batch_size}; output: {recipe.output_dir}")

@@ -263,7 +263,22 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
             raise RecipeError(f"`{key}` in {where(key)}: {message}")
 
     t, d, c = recipe.trainer, recipe.data, recipe.cluster
-    need(bool(d.train), "data.train", "is required (builtin:<name>, a .jsonl/.json/.parquet file, or a hub id)")
+    o = recipe.online
+    need(bool(d.train) or o.rounds > 0, "data.train",
+         "is required (builtin:<name>, a .jsonl/.json/.parquet file, or a hub id)")
+    need(o.rounds >= 0, "online.rounds", f"must be >= 0 (0 = an offline run), got {o.rounds}")
+    if o.rounds > 0:
+        need(bool(o.prompts), "online.prompts", "is required for an online run (builtin:<name>, a file or a hub id "
+             "whose rows have `prompt`)")
+        for key in ("steps_per_round", "prompts_per_round", "samples_per_prompt", "max_new_tokens"):
+            need(getattr(o, key) >= 1, f"online.{key}", f"must be >= 1, got {getattr(o, key)}")
+        need(o.eval_every >= 0 and o.max_extra_rounds >= 0 and o.eval_size >= 0, "online",
+             "eval_every, eval_size and max_extra_rounds must be >= 0")
+        need(o.temperature >= 0 and 0 < o.top_p <= 1, "online.temperature", "temperature must be >= 0 and top_p in "
+             "(0, 1]")
+        need(recipe.reference.mode != "precompute", "reference.mode",
+             "online rows are generated during training, so their reference log-probs cannot be precomputed; use "
+             "live or auto")
     need(t.max_steps > 0, "trainer.max_steps", f"must be > 0, got {t.max_steps}")
     need(t.micro_batch_size > 0, "trainer.micro_batch_size", f"must be > 0, got {t.micro_batch_size}")
     need(t.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {t.grad_accum}")

@@ -194,6 +194,41 @@ class RolloutConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """Online training (alignkit/pipelines/online.py): one trainer for the whole run; every `steps_per_round`
+    optimizer steps the engines generate for the next prompts, a feedback provider scores every completion, a row
+    builder turns them into training rows of the objective's record kind, and trainer rank 0 pushes the new weights
+    to the engines after the round. `rounds: 0` = an offline run."""
+    rounds: int = 0
+    steps_per_round: int = 1  # optimizer steps per round; trainer.max_steps is rounds x steps_per_round
+    prompts: str = ""  # the prompt set: builtin:<name>, a file or a hub id (rows need `prompt`, plus what the
+    #                    feedback provider reads, e.g. `answer` for exact_answer)
+    prompts_split: str = "train"
+    prompts_per_round: int = 16  # drawn in a seeded order without replacement, epoch after epoch
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    # exact_answer {answer_field} | format {pattern, description, max_words} | reward_model {model} |
+    # llm_judge {max_tokens}: see alignkit/rollout/feedback.py
+    feedback: str = "exact_answer"
+    feedback_params: dict[str, Any] = field(default_factory=dict)
+    # rejection_sampling {min_score} (sft) | unpaired_by_score {threshold} (unpaired) | best_vs_worst {min_gap}
+    # (pairs); auto = the one that fits the objective's record kind. See alignkit/pipelines/online.py.
+    rows: str = "auto"
+    rows_params: dict[str, Any] = field(default_factory=dict)
+    # A round with fewer rows than one global batch: accumulate = generate the next prompts too, until there are
+    # enough (at most `max_extra_rounds` times; an empty round is logged and counted); resample = draw the batch's
+    # rows with replacement from the few there are (an empty round still generates more).
+    few_rows: Literal["accumulate", "resample"] = "accumulate"
+    max_extra_rounds: int = 4
+    eval_every: int = 1  # rounds between held-out evaluations (greedy generations scored by the same provider)
+    eval_prompts: str | None = None  # default: `prompts`, split `eval_split`
+    eval_split: str = "test"
+    eval_size: int = 32
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -207,6 +242,7 @@ class Recipe:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     # Where the recipe came from, for error messages and the run record; not a YAML key.
     source: str = field(default="<dict>", metadata={"internal": True})
 

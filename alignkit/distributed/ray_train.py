@@ -123,6 +123,8 @@ def _worker_main(config: dict) -> None:
     data = TrainData(kind=encoded["kind"], train=encoded["train"], eval=encoded["eval"], pad_id=encoded["pad_id"],
                      retain=encoded.get("retain", []))
     hooks = RunHooks(save_checkpoint=_report_checkpoint, on_step_end=_fault_injector())
+    if encoded.get("online"):
+        hooks.source = _online_source(recipe, encoded["online"])
     sink = config.get("weight_sink")
     if sink is not None:
         def push(state: dict) -> dict:
@@ -138,6 +140,24 @@ def _worker_main(config: dict) -> None:
             hooks.resume_dir = Path(directory)
             summary = train(recipe, data, config["output_dir"], hooks=hooks)
     ray.train.report(summary)
+
+
+def _online_source(recipe: Recipe, payload: dict):
+    """The batch source of an online run: rounds made on rank 0 with the pool's engines (rollout/rounds.py)."""
+    from alignkit.data.encode import EncodeSettings
+    from alignkit.engine.sources import OnlineSource
+    from alignkit.objectives import get_objective
+    from alignkit.rollout.rounds import RoundMaker
+
+    d, o, t = recipe.data, recipe.online, recipe.trainer
+    maker = RoundMaker(payload["client"], payload["prompt_rows"], payload["eval_rows"],
+                       get_objective(recipe.objective.name).kind, o, recipe.model.path,
+                       EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto"),
+                       seed=recipe.run.seed, scorer=payload.get("scorer"))
+    return OnlineSource(make_rows=maker.make_rows, push=maker.push,
+                        evaluate=maker.evaluate if payload["eval_rows"] else None, steps_per_round=o.steps_per_round,
+                        seed=recipe.run.seed, micro=t.micro_batch_size, accum=t.grad_accum, few_rows=o.few_rows,
+                        max_extra_rounds=o.max_extra_rounds, eval_every=o.eval_every)
 
 
 def _experiment_name(recipe: Recipe, storage: Path) -> str:

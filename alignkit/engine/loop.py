@@ -2,9 +2,8 @@
 accumulation, reference log-probs, held-out evaluation, metric logging, a progress bar and the final export.
 
 It runs inside each Ray Train worker (`distributed/ray_train.py`), and also directly in one process (tests,
-debugging). Data order is a deterministic stream of seeded epoch permutations: global example `k` of step `s` goes
-to worker `(k // micro_batch) % num_workers`, so shards never overlap and the position in the stream is just
-`step * global_batch` (what a resume needs)."""
+debugging). Batches come from a batch source (engine/sources.py): a fixed dataset in a seeded order, or an online
+source that generates, scores and builds the rows of every round with the rollout engines."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +24,7 @@ import torch
 from alignkit.config.schema import Recipe
 from alignkit.data.encode import COLLATORS
 from alignkit.engine.backends import make_backend
+from alignkit.engine.sources import StaticSource, rank_world, stream_indices, worker_micro_batches  # noqa: F401
 from alignkit.errors import AlignkitError
 from alignkit.models.loading import DTYPES, load_causal_lm, load_model_for
 from alignkit.models.logps import decoder_layers, forward_rewards, forward_token_logps
@@ -34,10 +34,7 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------- distributed
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+_rank_world = rank_world
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -53,27 +50,7 @@ def seed_everything(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ data order
-def stream_indices(num_examples: int, seed: int, start: int, count: int) -> list[int]:
-    """Examples `start .. start+count-1` of the endless stream of seeded epoch permutations."""
-    out = []
-    position = start
-    while len(out) < count:
-        epoch, offset = divmod(position, num_examples)
-        perm = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        take = min(count - len(out), num_examples - offset)
-        out.extend(perm[offset:offset + take].tolist())
-        position += take
-    return out
-
-
-def worker_micro_batches(num_examples: int, seed: int, step: int, micro: int, accum: int, rank: int,
-                         world: int) -> list[list[int]]:
-    """The example indices of each of this worker's micro-batches in optimizer step `step` (0-based)."""
-    global_batch = micro * accum * world
-    indices = stream_indices(num_examples, seed, step * global_batch, global_batch)
-    return [indices[(m * world + rank) * micro:(m * world + rank + 1) * micro] for m in range(accum)]
-
-
+# (engine/sources.py: the static and the online batch sources)
 def sharded_eval_batches(num_examples: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
     """Every example once across workers; every worker gets the same number of batches (ZeRO-3 forwards are
     collective), padded with empty lists."""
@@ -371,11 +348,15 @@ class RunHooks:
     # called on rank 0 with the final full weights (ZeRO-3 shards gathered), e.g. to push them to rollout engines;
     # what it returns is added to the run's summary
     on_final_weights: Callable[[dict], dict] | None = None
+    # where batches come from (engine/sources.py); default: a StaticSource over data.train
+    source: object = None
 
 
-def save_state(backend, directory: Path, step: int, tokens_seen: int, rank: int, references: dict) -> None:
+def save_state(backend, directory: Path, step: int, tokens_seen: int, rank: int, references: dict,
+               source_state: dict | None = None) -> None:
     """Everything an exact resume needs: model, optimizer and scheduler (via the backend), this rank's RNG states,
-    and on rank 0 the step (the data position is derived from it) and precomputed reference log-probs."""
+    and on rank 0 the step (the data position is derived from it), precomputed reference log-probs and the batch
+    source's state (an online run's round and its rows)."""
     directory.mkdir(parents=True, exist_ok=True)
     backend.save(directory)
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
@@ -384,6 +365,8 @@ def save_state(backend, directory: Path, step: int, tokens_seen: int, rank: int,
         torch.save({k: v.state() for k, v in references.items() if isinstance(v, PrecomputedReference)},
                    directory / "reference_logps.pt")
         (directory / "trainer_state.json").write_text(json.dumps({"step": step, "tokens_seen": tokens_seen}))
+        if source_state:
+            torch.save(source_state, directory / "source_state.pt")
 
 
 def saved_references(directory: Path) -> dict[str, PrecomputedReference]:
@@ -465,10 +448,12 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         output_dir.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None)
     batch_size = t.micro_batch_size * 2
+    source = hooks.source or StaticSource(data.train, recipe.run.seed, t.micro_batch_size, t.grad_accum)
 
     mode = recipe.reference.mode
-    if mode == "auto":
-        mode = ("live" if objective.live_reference else "precompute") if objective.reference == "required" else "none"
+    if mode == "auto":  # online rows do not exist before training: their reference runs live
+        live = objective.live_reference or recipe.online.rounds > 0
+        mode = ("live" if live else "precompute") if objective.reference == "required" else "none"
     references: dict = {"train": None, "eval": None}
     start = time.perf_counter()
     if mode == "precompute":
@@ -478,8 +463,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         ref_module = backend.module
         if recipe.reference.path:
             ref_module = load_causal_lm(recipe.reference.path, recipe.model.dtype, recipe.model.trust_remote_code)
-        global_batch = t.micro_batch_size * t.grad_accum * world
-        visited = stream_indices(len(data.train), recipe.run.seed, 0, t.max_steps * global_batch)
+        visited = source.visited(t.max_steps, world)
         per_example = SEQUENCES_PER_EXAMPLE[data.kind]
         references["train"] = PrecomputedReference.compute(ref_module, data.train, collate, batch_size, ctx,
                                                             per_example, needed=visited, into=saved.get("train"))
@@ -497,6 +481,9 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     start_step, tokens_seen = 0, 0
     if hooks.resume_dir is not None:
         start_step, tokens_seen = load_state(backend, Path(hooks.resume_dir), rank)
+        source_file = Path(hooks.resume_dir) / "source_state.pt"
+        if source_file.exists():
+            source.load_state(torch.load(source_file, weights_only=False), backend)
         if rank == 0:
             _truncate_metrics(output_dir / "metrics.jsonl", start_step)
         log.info("resumed from %s at step %d", hooks.resume_dir, start_step)
@@ -511,7 +498,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     def checkpoint(step: int, metrics: dict) -> None:
         if hooks.save_checkpoint is not None:
             hooks.save_checkpoint(step, metrics, lambda d: save_state(backend, Path(d), step, tokens_seen, rank,
-                                                                      references))
+                                                                      references, source.state()))
 
     progress = None
     if rank == 0 and t.progress_bar:
@@ -525,10 +512,10 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     window_tokens = 0
     for step in range(start_step, t.max_steps):
         sums = MetricSums()
-        micro_batches = worker_micro_batches(len(data.train), recipe.run.seed, step, t.micro_batch_size, t.grad_accum,
-                                             rank, world)
-        for m, ids in enumerate(micro_batches):
-            batch = collate([data.train[i] for i in ids])
+        micro_batches = source.micro_batches(step, rank, world)  # [] = nothing to train on (an empty online round)
+        for m, examples in enumerate(micro_batches):
+            ids = [e["index"] for e in examples]
+            batch = collate(examples)
             # retain examples follow their own stream, at the same position as this worker's forget examples
             position = ((step * t.grad_accum + m) * world + rank) * t.micro_batch_size
             retain = retain_batch_for(data, len(ids), position)
@@ -557,13 +544,18 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         record = {"step": step + 1, **last_train, "train/lr": backend.lr(), "train/grad_norm": backend.last_grad_norm,
                   "train/tokens_per_s": tokens / max(elapsed, 1e-9), "train/tokens": tokens_seen,
                   "time/step_s": elapsed, "sys/peak_rss_mb": _peak_rss_mb_max()}
+        if not micro_batches:
+            record["train/skipped_step"] = 1
+        if hasattr(source, "round_metrics"):  # an online round: generation, scoring and row statistics
+            record.update(source.round_metrics())
+            record.update(source.after_step(step + 1, backend))
         if skipped:
             record["train/skipped_batches"] = skipped
         is_last = step + 1 == t.max_steps
         if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
             last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys)
             record.update(last_eval)
-        if (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):
+        if (step + 1) % t.log_every == 0 or is_last or any(k.startswith(("eval/", "online/")) for k in record):
             writer.write(record)
         if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
             checkpoint(step + 1, {**record, **last_eval})

@@ -11,7 +11,9 @@ def run_pipeline(recipe) -> Path:
     from alignkit.rundir import run_directory
 
     kind = get_objective(recipe.objective.name).kind
-    if kind == "reward_pairs":
+    if recipe.online.rounds > 0:
+        from alignkit.pipelines.online import run
+    elif kind == "reward_pairs":
         from alignkit.pipelines.reward import run
     elif kind == "forget":
         from alignkit.pipelines.unlearn import run

@@ -184,6 +184,13 @@ class TrainedRun:
         }
 
 
+def write_run_record(out: Path, recipe: Recipe) -> None:
+    """recipe.yaml: the resolved recipe (runs as-is) plus provenance."""
+    (out / "recipe.yaml").write_text(
+        dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
+        + "provenance: " + json.dumps(provenance()) + "\n")
+
+
 def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviour.json"), weight_sink=None,
                 run_dir: RunDirectory | None = None, started: float | None = None) -> TrainedRun:
     """Validate model and data (in the driver), then claim the output directory and write the run record, then
@@ -209,9 +216,7 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
     # Validated: from here on the output directory is this run's (an earlier run is set aside, not deleted).
     # A resumed run keeps its metrics (the workers cut them back to the checkpoint's step) and exports.
     out = (run_dir or RunDirectory.of(recipe)).claim(stale)
-    (out / "recipe.yaml").write_text(
-        dump_recipe(recipe) + "\n# provenance (ignored when the recipe is loaded)\n"
-        + "provenance: " + json.dumps(provenance()) + "\n")
+    write_run_record(out, recipe)
 
     ensure_ray()
     t1 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 from alignkit.config.loader import recipe_from_dict, recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.paths import cache_dir
-from alignkit.pipelines.preference import train_stage
+from alignkit.pipelines.preference import check_data_kinds, train_stage
 from alignkit.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,15 @@ def plumbing_caveat(rows: dict[str, dict], learned: float = 0.5) -> str | None:
             "about the method.")
 
 
+def shared_points(rows: dict[str, dict], x_key: str) -> dict[tuple[float, float], list[str]]:
+    """Models grouped by their (x, utility) point to 3 decimals: models at the same point share one marker and one
+    label that lists them all, instead of labels printed over each other."""
+    points: dict[tuple[float, float], list[str]] = {}
+    for name, m in rows.items():
+        points.setdefault((round(m[x_key], 3), round(m["utility"], 3)), []).append(name)
+    return points
+
+
 def forget_vs_utility_plot(rows: dict[str, dict], path: Path) -> Path | None:
     try:
         import matplotlib
@@ -271,11 +280,7 @@ def forget_vs_utility_plot(rows: dict[str, dict], path: Path) -> Path | None:
     if x_key is None or "utility" not in first:
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
-    # Models at the same point (to 3 decimals) share one marker and one label listing them all.
-    points: dict[tuple[float, float], list[str]] = {}
-    for name, m in rows.items():
-        points.setdefault((round(m[x_key], 3), round(m["utility"], 3)), []).append(name)
-    for (x, y), names in points.items():
+    for (x, y), names in shared_points(rows, x_key).items():
         ax.scatter(x, y, s=40)
         ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel({"forget/fact": "forget facts recalled (lower = forgotten)",
@@ -299,6 +304,7 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     run_started = time.perf_counter()  # the one clock of the run's "total wall time"
     u = recipe.unlearn
     check_model_source(recipe.model.path)
+    check_data_kinds(recipe)  # forget data, not pairs: said plainly before any row-level message
     sets = evaluation_sets(recipe)  # bad data fails before any training
     ensure_ray()
     stage_seconds = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
 from alignkit.rollout.types import Completion, SamplingParams
@@ -94,6 +95,62 @@ class EngineActor:
         return self.engine.health()
 
 
+@dataclass
+class EngineClient:
+    """Calls to a pool's engine actors, from any process of the Ray job (the driver, or trainer rank 0 of an
+    online run): generate, and push new weights."""
+    actors: list
+    backend: str
+    weight_sync: str
+    timeout_s: float
+    collective: object = None  # weight_sync.CollectiveSync for rollout.weight_sync: collective
+
+    def _get(self, refs, what: str, timeout: float | None = None):
+        timeout = self.timeout_s if timeout is None else timeout
+        key = "start_timeout_s" if what == "engine start" else "sync_timeout_s"
+        return get_from_engines(refs, f"rollout {what}", timeout, key,
+                                f" on {len(self.actors)} {self.backend} engine(s); an engine is hung or far too slow "
+                                "(raise the timeout for very large batches)", f"a {self.backend} engine")
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
+        """Prompts are split into contiguous shares, one per engine; engine e samples with seed + e (so a seeded
+        call is reproducible for a fixed number of engines)."""
+        from dataclasses import replace
+
+        n = len(self.actors)
+        bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
+        refs = [a.generate.remote(prompts[bounds[e]:bounds[e + 1]],
+                                  replace(sampling, seed=None if sampling.seed is None else sampling.seed + e))
+                for e, a in enumerate(self.actors) if bounds[e + 1] > bounds[e]]
+        out = []
+        for share, completions in zip([b for b in range(n) if bounds[b + 1] > bounds[b]], self._get(refs, "generate")):
+            out += [replace(c, prompt_index=c.prompt_index + bounds[share]) for c in completions]
+        return out
+
+    def update_weights(self, weights: dict, via: str | None = None) -> dict:
+        """Push a full state dict (HF names) to every engine: through the transfer group (rollout.weight_sync:
+        collective; needs a GPU in this process when the engines are on GPUs) or as one copy in the object store
+        that each engine loads. `via` overrides the pool's setting (benchmarks)."""
+        import ray
+
+        via = via or self.weight_sync
+        if via == "collective":
+            if self.collective is None:
+                raise RolloutError("these engines were built for rollout.weight_sync: object_store")
+            import torch
+
+            if self.collective.device == "cpu" or torch.cuda.is_available():
+                return self.collective.send(weights)
+            log.info("rollout: no GPU in this process for an NCCL push; weights go through the object store")
+        start = time.perf_counter()
+        ref = ray.put(weights)
+        versions = self._get([a.update_weights.remote(ref) for a in self.actors], "weight sync")
+        seconds = time.perf_counter() - start
+        log.info("rollout: weights pushed to %d engine(s) in %.2f s (version %s)", len(self.actors), seconds,
+                 versions[0])
+        return {"seconds": seconds, "version": versions[0]}
+
+
 class RolloutPool:
     """`cfg` is a recipe's `rollout:` section (config/schema.py RolloutConfig)."""
 
@@ -107,6 +164,7 @@ class RolloutPool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.cfg, self.backend, self.actors = cfg, resolve_backend(cfg.backend), []
+        self.collective = None
         start = time.perf_counter()
         # All engines' resources are reserved at once (a placement group), so a cluster that cannot hold them fails
         # here with a message instead of leaving some engines pending forever.
@@ -137,60 +195,27 @@ class RolloutPool:
         self._get([a.health.remote() for a in self.actors], "engine start", cfg.start_timeout_s)
         log.info("rollout: %d %s engine(s) of %s ready in %.1f s (weights by %s)", len(self.actors), self.backend,
                  model_path, time.perf_counter() - start, self.weight_sync)
-        self.collective = None
         if self.weight_sync == "collective":
             from alignkit.rollout.weight_sync import CollectiveSync
 
             self.collective = CollectiveSync(self.actors, device="cuda" if on_gpu else "cpu",
                                              bucket_bytes=cfg.sync_bucket_mb << 20, timeout_s=cfg.sync_timeout_s)
 
+    def client(self) -> EngineClient:
+        """What a Ray Train worker needs to generate with these engines and push weights to them (picklable)."""
+        return EngineClient(self.actors, self.backend, self.weight_sync, self.cfg.sync_timeout_s, self.collective)
+
     def _get(self, refs, what: str, timeout: float | None = None):
-        timeout = self.cfg.sync_timeout_s if timeout is None else timeout
-        key = "start_timeout_s" if what == "engine start" else "sync_timeout_s"
-        return get_from_engines(refs, f"rollout {what}", timeout, key,
-                                f" on {len(self.actors)} {self.backend} engine(s); an engine is hung or far too slow "
-                                "(raise the timeout for very large batches)", f"a {self.backend} engine")
+        return self.client()._get(refs, what, timeout)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
-        """Prompts are split into contiguous shares, one per engine; engine e samples with seed + e (so a seeded
-        call is reproducible for a fixed number of engines)."""
-        from dataclasses import replace
-
-        n = len(self.actors)
-        bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
-        refs = [a.generate.remote(prompts[bounds[e]:bounds[e + 1]],
-                                  replace(sampling, seed=None if sampling.seed is None else sampling.seed + e))
-                for e, a in enumerate(self.actors) if bounds[e + 1] > bounds[e]]
-        out = []
-        for share, completions in zip([b for b in range(n) if bounds[b + 1] > bounds[b]], self._get(refs, "generate")):
-            out += [replace(c, prompt_index=c.prompt_index + bounds[share]) for c in completions]
-        return out
+        return self.client().generate(prompts, sampling)
 
     def score(self, prompts: list, completions: list[str]) -> list[list[float]]:
         return self._get(self.actors[0].score.remote(prompts, completions), "score")
 
     def update_weights(self, weights: dict, via: str | None = None) -> dict:
-        """Push a full state dict (HF names) to every engine: through the transfer group (rollout.weight_sync:
-        collective; needs a GPU in this process when the engines are on GPUs) or as one copy in the object store
-        that each engine loads. `via` overrides the pool's setting (benchmarks)."""
-        import ray
-
-        via = via or self.weight_sync
-        if via == "collective":
-            if self.collective is None:
-                raise RolloutError("these engines were built for rollout.weight_sync: object_store")
-            import torch
-
-            if self.collective.device == "cpu" or torch.cuda.is_available():
-                return self.collective.send(weights)
-            log.info("rollout: no GPU in this process for an NCCL push; weights go through the object store")
-        start = time.perf_counter()
-        ref = ray.put(weights)
-        versions = self._get([a.update_weights.remote(ref) for a in self.actors], "weight sync")
-        seconds = time.perf_counter() - start
-        log.info("rollout: weights pushed to %d engine(s) in %.2f s (version %s)", len(self.actors), seconds,
-                 versions[0])
-        return {"seconds": seconds, "version": versions[0]}
+        return self.client().update_weights(weights, via)
 
     def sleep(self) -> None:
         self._get([a.sleep.remote() for a in self.actors], "sleep")

@@ -154,3 +154,40 @@ def _prompt_text(prompt) -> str:
     if isinstance(prompt, list):
         return "\n".join(m["content"] for m in prompt if m.get("role") == "user")
     return str(prompt)
+
+
+PROVIDERS = {"exact_answer": ExactAnswer, "format": FormatCheck, "reward_model": RewardModelScorer,
+             "llm_judge": LLMJudge}
+
+
+def provider_fields(name: str, params: dict) -> list[str]:
+    """The fields every prompt row must carry for provider `name` (checked before anything starts)."""
+    return [params.get("answer_field", "answer")] if name == "exact_answer" else []
+
+
+def check_provider(name: str, params: dict) -> None:
+    """Validate a provider name and its parameters without building it (a reward model is not loaded)."""
+    import inspect
+
+    from alignkit.errors import RecipeError
+
+    if name not in PROVIDERS:
+        raise RecipeError(f"`online.feedback`: unknown provider `{name}`; available: {', '.join(PROVIDERS)}")
+    signature = inspect.signature(PROVIDERS[name].__init__)
+    allowed = [p for p in signature.parameters if p not in ("self", "engine")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise RecipeError(f"`online.feedback_params`: {name} has no parameter {unknown[0]!r} (its parameters: "
+                          f"{', '.join(allowed)})")
+    missing = [p for p, v in signature.parameters.items() if v.default is inspect.Parameter.empty
+               and p not in ("self", "engine") and p not in params]
+    if missing:
+        raise RecipeError(f"`online.feedback_params`: {name} needs {', '.join(missing)}")
+
+
+def make_provider(name: str, params: dict, engine=None) -> Provider:
+    """Provider `name` with `params`; the LLM judge asks `engine` (the rollout pool) for its critiques."""
+    check_provider(name, params)
+    if name == "llm_judge":
+        return LLMJudge(engine, **params)
+    return PROVIDERS[name](**params)

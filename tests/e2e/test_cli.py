@@ -78,3 +78,37 @@ def test_global_batch_larger_than_data_error():
 def test_dry_run_prints_global_batch():
     proc = launch("recipes/quickstart.yaml", "trainer.grad_accum=3", "--dry-run")
     assert "# global batch = 4 x 3 x 2 = 24" in proc.stdout
+
+
+def test_objective_that_does_not_fit_the_data():
+    """npo consumes forget records; the quickstart data holds pairs: said plainly, by --dry-run too."""
+    for flags in (("--dry-run",), ("run.output_dir=/nonexistent/never",)):
+        proc = launch("recipes/dpo/tiny_debug.yaml", "objective.name=npo", *flags)
+        assert_clean_error(proc, "objective `npo` consumes `forget` records")
+        assert "holds `pairs` records" in proc.stderr and "dpo" in proc.stderr
+        assert "on_bad_row" not in proc.stderr  # skipping rows cannot help
+
+
+def test_switched_objective_names_the_stale_parameter():
+    proc = launch("recipes/dpo/tiny_debug.yaml", "objective.name=reward_bt", "--dry-run")
+    assert_clean_error(proc, "objective `reward_bt` (set in command-line overrides) has no parameter `beta` "
+                             "(its parameters: center_rewards); `objective.beta` comes from recipes/quickstart.yaml")
+    fixed = launch("recipes/dpo/tiny_debug.yaml", "objective.name=reward_bt", "~objective.beta", "--dry-run")
+    assert fixed.returncode == 0, fixed.stderr
+    assert_clean_error(launch("recipes/quickstart.yaml", "~objective.nothing", "--dry-run"),
+                       "the recipe sets no key `objective.nothing`")
+
+
+@pytest.mark.parametrize("module", ["alignkit.evaluation.reward", "alignkit.evaluation.unlearning"])
+def test_side_entry_points_give_one_error_line(module, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert_clean_error(run(str(tmp_path), "--suite", "evals/missing.yaml"),
+                       "evaluation suite evals/missing.yaml does not exist (--suite)")
+    run_dir = tmp_path / "a_run"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "final" / "config.json").write_text("{}")
+    assert_clean_error(run(str(run_dir)), f"{run_dir} is a run directory, not a model directory; its trained model "
+                                          f"is {run_dir / 'final'}")

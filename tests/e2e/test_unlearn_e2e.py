@@ -3,6 +3,7 @@ target / retain / unlearned models and both attacks, one report. The default run
 retain = the tiny model) and uses the torch backend to stay fast; the slow test runs the recipe as shipped (2
 DeepSpeed workers, learn stage) twice and checks that the second run finds the learned models in the cache."""
 import json
+import re
 
 import pytest
 
@@ -29,6 +30,14 @@ def test_tiny_unlearning_run_without_learn_stage(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Unlearning evaluation" in report and "| forget_quality |" in report
     assert (out / "forget_vs_utility.png").exists()
+    # What the report may claim: one author (forget01) -> the attack splits by item; the random target learned
+    # nothing (a plumbing check); eval split = train split is not "held out"; one clock for the whole run.
+    assert "one author: split by item" in report and "measured on the other 3 items" in report
+    assert "Plumbing check only" in report
+    assert "records of the training split (not held out)" in report and "held-out records" not in report
+    seconds = {k: int(v) for k, v in re.findall(r"(total|learn \(or cache\)|unlearn|evaluate \+ attacks) wall "
+                                                 r"time[^:]*: (\d+) s", report)}
+    assert seconds["total"] >= seconds["unlearn"] + seconds["evaluate + attacks"] - 1, seconds
 
 
 def test_unlearning_recipe_on_data_without_qa_fields(tmp_path):
