@@ -512,7 +512,9 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     window_tokens = 0
     for step in range(start_step, t.max_steps):
         sums = MetricSums()
+        fetched = time.perf_counter()
         micro_batches = source.micro_batches(step, rank, world)  # [] = nothing to train on (an empty online round)
+        window_start += time.perf_counter() - fetched  # an online round's generation is not step time
         for m, examples in enumerate(micro_batches):
             ids = [e["index"] for e in examples]
             batch = collate(examples)

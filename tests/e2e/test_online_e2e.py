@@ -1,0 +1,36 @@
+"""Online training as a user runs it: `python launch.py recipes/online/<name>.yaml` (one persistent trainer, HF engine
+actors, weights pushed every round), and the recipe errors that stop it before anything starts."""
+import json
+
+import pytest
+
+from tests.e2e.test_cli import assert_clean_error, launch
+
+
+def test_two_online_rounds_through_the_launcher(tmp_path):
+    out = tmp_path / "run"
+    proc = launch("recipes/online/tiny_debug.yaml", f"run.output_dir={out}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["online/round"] for r in records if "online/round" in r] == [0, 1]
+    assert [r["online/weights_version"] for r in records if "online/weights_version" in r] == [1, 2]
+    assert all(r["time/push_s"] < 60 for r in records if "time/push_s" in r)
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1] and all("online/eval_correct" in r for r in rounds)
+    assert "## Rounds" in (out / "report.md").read_text()
+    assert (out / "final" / "config.json").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["online.feedback_params={answer_field: solution}"],
+     "missing field `solution`, which the feedback provider (online.feedback) reads for every prompt"),
+    (["objective.name=dpo", "objective.beta=0.1"], "unpaired_by_score makes `unpaired` records, but the objective "
+                                                   "consumes `pairs` records; use best_vs_worst"),
+    (["reference.mode=precompute"], "cannot be precomputed"),
+    (["online.rows_params={min_score: 1}"], "unpaired_by_score has no parameter 'min_score'"),
+    (["online.feedback=judge"], "unknown provider `judge`"),
+    (["online.prompts_per_round=0"], "`online.prompts_per_round`"),
+])
+def test_bad_online_recipes_fail_before_anything_starts(overrides, message):
+    assert_clean_error(launch("recipes/online/tiny_debug.yaml", *overrides, "--dry-run"), message)
