@@ -33,7 +33,8 @@ def main(doc: str, default_root: str, runs: dict[str, tuple[str, list[str]]], ta
             if args.only and name not in args.only:
                 continue
             out = root / slug(name)
-            overrides = [*common, *extra, *args.overrides]  # a run's own overrides win over the common ones
+            # a run's own overrides win over the common ones; a benchmark re-run replaces its earlier run
+            overrides = ["run.overwrite=true", *common, *extra, *args.overrides]
             print(f"== {name}: {recipe} {' '.join(overrides)}", flush=True)
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "launch.py", recipe, f"run.output_dir={out}", *overrides],

@@ -508,7 +508,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
                         dynamic_ncols=True)
     last_train: dict[str, float] = {}
     skipped = 0
-    window_start = time.perf_counter()
+    window_start = loop_start = time.perf_counter()
     window_tokens = 0
     for step in range(start_step, t.max_steps):
         sums = MetricSums()
@@ -551,6 +551,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         if hasattr(source, "round_metrics"):  # an online round: generation, scoring and row statistics
             record.update(source.round_metrics())
             record.update(source.after_step(step + 1, backend))
+        record["time/elapsed_s"] = time.perf_counter() - loop_start  # after the push: round walls add up
         if skipped:
             record["train/skipped_batches"] = skipped
         is_last = step + 1 == t.max_steps

@@ -97,7 +97,7 @@ def run_online(recipe, prompt_rows: list[dict], provider: Provider, build_rows: 
             round_dir = out / f"round_{r}"
             round_dir.mkdir(parents=True, exist_ok=True)
             rows = _round_prompts(prompt_rows, settings, r)
-            t0 = time.perf_counter()
+            t0 = round_start = time.perf_counter()
             sampling = SamplingParams(**{**settings.sampling.__dict__, "seed": (settings.sampling.seed or 0) + r})
             completions = pool.generate([row["prompt"] for row in rows], sampling)
             gen_s = time.perf_counter() - t0
@@ -143,6 +143,7 @@ def run_online(recipe, prompt_rows: list[dict], provider: Provider, build_rows: 
                     sync = pool.update_weights(load_causal_lm(policy, recipe.model.dtype).state_dict())
                 metrics.update(model=policy, train_s=round(train_s, 2), sync_s=round(sync["seconds"], 3),
                                sync_via="trainer rank 0" if sink is not None else "object store")
+            metrics["round_s"] = round(time.perf_counter() - round_start, 2)
             done = round_dir / "done.json"
             done.write_text(json.dumps(metrics, indent=1))
             results.append(metrics)
