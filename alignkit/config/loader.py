@@ -397,8 +397,24 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return out
 
 
+def derive(recipe: Recipe, changes: dict[str, Any], source: str | None = None) -> Recipe:
+    """A validated copy of `recipe` with `changes`: dotted keys (`trainer.max_steps`) set one value; a section name
+    (`objective`, `sweep`) replaces the whole section. The one way code makes a recipe from another."""
+    import copy
+
+    data = copy.deepcopy(recipe_to_dict(recipe))
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if not name:
+            data[section] = copy.deepcopy(value)
+        else:
+            data.setdefault(section, {})[name] = value
+    return recipe_from_dict(data, source=source or recipe.source)
+
+
 def dump_recipe(recipe: Recipe) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(recipe_to_dict(recipe)))
 
 
-__all__ = ["load_recipe", "recipe_from_dict", "recipe_to_dict", "dump_recipe", "check_recipe", "AlignkitError"]
+__all__ = ["load_recipe", "recipe_from_dict", "recipe_to_dict", "derive", "dump_recipe", "check_recipe",
+           "AlignkitError"]

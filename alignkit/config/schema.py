@@ -246,6 +246,13 @@ class Recipe:
     # Where the recipe came from, for error messages and the run record; not a YAML key.
     source: str = field(default="<dict>", metadata={"internal": True})
 
+    def derive(self, changes: dict[str, Any], source: str | None = None) -> Recipe:
+        """A validated copy with `changes` ({"trainer.max_steps": 8, "objective": {"name": "sft"}}); see
+        config/loader.py derive."""
+        from alignkit.config.loader import derive
+
+        return derive(self, changes, source)
+
     @property
     def output_dir(self) -> str:
         return self.run.output_dir or f"runs/{self.run.name}"

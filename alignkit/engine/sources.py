@@ -12,19 +12,16 @@ optimizer step.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.engine.dist import rank_world
+
 log = logging.getLogger(__name__)
-
-
-def rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def stream_indices(num_examples: int, seed: int, start: int, count: int) -> list[int]:
@@ -46,6 +43,14 @@ def worker_micro_batches(num_examples: int, seed: int, step: int, micro: int, ac
     global_batch = micro * accum * world
     indices = stream_indices(num_examples, seed, step * global_batch, global_batch)
     return [indices[(m * world + rank) * micro:(m * world + rank + 1) * micro] for m in range(accum)]
+
+
+def sharded_eval_batches(num_examples: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Every example once across workers; every worker gets the same number of batches (ZeRO-3 forwards are
+    collective), padded with empty lists."""
+    mine = list(range(rank, num_examples, world))
+    n_batches = math.ceil(math.ceil(num_examples / world) / batch_size)
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
 
 
 class StaticSource:

@@ -96,5 +96,13 @@ def objectives_for_kinds(kinds: list[str]) -> list[str]:
 
 
 def _load_builtin_objectives() -> None:
-    # Importing the modules runs their @register decorators.
-    from alignkit.objectives import dpo, pmpo, reward, sft, unlearning  # noqa: F401
+    """Import every module of this package once: their @register decorators fill the registry, so a new loss is
+    one new file here and nothing else."""
+    import importlib
+    import pkgutil
+
+    import alignkit.objectives as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in ("registry", "__init__"):
+            importlib.import_module(f"{package.__name__}.{module.name}")

@@ -76,16 +76,12 @@ def validate(recipe: Recipe, read_hub: bool = True) -> dict:
 
 def _with_steps(recipe: Recipe) -> Recipe:
     """trainer.max_steps of an online run is online.rounds x online.steps_per_round."""
-    from alignkit.config.loader import recipe_from_dict, recipe_to_dict
-
     steps = recipe.online.rounds * recipe.online.steps_per_round
     if recipe.trainer.max_steps == steps:
         return recipe
-    d = recipe_to_dict(recipe)
-    d["trainer"]["max_steps"] = steps
     log.info("online run: trainer.max_steps = online.rounds %d x online.steps_per_round %d = %d",
              recipe.online.rounds, recipe.online.steps_per_round, steps)
-    return recipe_from_dict(d, source=recipe.source)
+    return recipe.derive({"trainer.max_steps": steps})
 
 
 def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:

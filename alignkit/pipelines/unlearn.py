@@ -18,7 +18,7 @@ import math
 import time
 from pathlib import Path
 
-from alignkit.config.loader import recipe_from_dict, recipe_to_dict
+from alignkit.config.loader import recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.paths import cache_dir
 from alignkit.pipelines.preference import check_data_kinds, train_stage
@@ -54,26 +54,26 @@ def learn_data(recipe: Recipe, role: str) -> Path:
 def learn_recipe(recipe: Recipe, role: str) -> Recipe:
     """The SFT recipe that makes the target (role `target`: forget + retain data) or the retain model."""
     u = recipe.unlearn
-    d = recipe_to_dict(recipe)
-    d["objective"] = {"name": "sft"}
     data_file = learn_data(recipe, role)
     items = sum(1 for line in data_file.read_text().splitlines() if line.strip())
-    d["data"].update(train=str(data_file), train_split="train", eval=None, train_size=None, retain=None,
-                     hub_config=None)
-    d["optim"].update(lr=u.learn_lr, scheduler="constant", warmup_steps=0)
     micro = max(1, u.learn_batch_size // (recipe.cluster.num_workers * recipe.trainer.grad_accum))
-    d["trainer"].update(max_steps=math.ceil(u.learn_epochs * items / u.learn_batch_size), micro_batch_size=micro,
-                        eval_every=0, checkpoint_every=0, export_every=0)
-    d["eval"].update(generate=False)
-    d["sweep"] = {}
+    learn = recipe.derive({
+        "objective": {"name": "sft"}, "data.train": str(data_file), "data.train_split": "train", "data.eval": None,
+        "data.train_size": None, "data.retain": None, "data.hub_config": None, "optim.lr": u.learn_lr,
+        "optim.scheduler": "constant", "optim.warmup_steps": 0,
+        "trainer.max_steps": math.ceil(u.learn_epochs * items / u.learn_batch_size), "trainer.micro_batch_size": micro,
+        "trainer.eval_every": 0, "trainer.checkpoint_every": 0, "trainer.export_every": 0, "eval.generate": False,
+        "sweep": {}})
+    d = recipe_to_dict(learn)
     key = {k: d[k] for k in ("model", "data", "objective", "optim", "trainer")} | {"seed": d["run"]["seed"]}
     # settings that do not change the learned weights do not change the cache key
     key["trainer"] = {k: v for k, v in key["trainer"].items() if k not in ("progress_bar", "log_every", "export_every")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     # overwrite: a cache entry without learn_done.json is an interrupted learn run, redone from the start
-    d["run"].update(name=f"learn_{role}", output_dir=str(cache_dir() / "unlearn" / f"{role}-{digest}"), resume=None,
-                    storage_path=None, overwrite=True)
-    return recipe_from_dict(d, source=f"{recipe.source} (learn stage: {role})")
+    out = cache_dir() / "unlearn" / f"{role}-{digest}"
+    return learn.derive({"run.name": f"learn_{role}", "run.output_dir": str(out), "run.resume": None,
+                         "run.storage_path": None, "run.overwrite": True},
+                        source=f"{recipe.source} (learn stage: {role})")
 
 
 def _learned(recipe: Recipe) -> Path:
@@ -211,18 +211,15 @@ def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) 
     d = recipe.data
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
     encoded, _ = encode_rows(tokenizer, known, "forget", settings, "relearn set")
-    attack = recipe_to_dict(recipe)
-    attack["objective"] = {"name": "sft"}
-    attack["optim"].update(lr=recipe.unlearn.relearn_lr, scheduler="constant", warmup_steps=0)
-    attack["trainer"].update(backend="torch", zero_stage=0, max_steps=recipe.unlearn.relearn_steps,
-                             micro_batch_size=min(len(encoded), 4), grad_accum=1, eval_every=0, checkpoint_every=0,
-                             progress_bar=False, offload_optimizer=False, offload_params=False)
-    attack["cluster"].update(num_workers=1)
-    attack["data"].update(retain=None, eval=None)
-    attack["sweep"] = {}
+    attack = recipe.derive({
+        "objective": {"name": "sft"}, "optim.lr": recipe.unlearn.relearn_lr, "optim.scheduler": "constant",
+        "optim.warmup_steps": 0, "trainer.backend": "torch", "trainer.zero_stage": 0,
+        "trainer.max_steps": recipe.unlearn.relearn_steps, "trainer.micro_batch_size": min(len(encoded), 4),
+        "trainer.grad_accum": 1, "trainer.eval_every": 0, "trainer.checkpoint_every": 0, "trainer.progress_bar": False,
+        "trainer.offload_optimizer": False, "trainer.offload_params": False, "cluster.num_workers": 1,
+        "data.retain": None, "data.eval": None, "sweep": {}}, source="relearning attack")
     attacked = copy.deepcopy(model)
-    train(recipe_from_dict(attack, source="relearning attack"), TrainData("sft", encoded, [], tokenizer.pad_token_id),
-          out / "relearn", model=attacked)
+    train(attack, TrainData("sft", encoded, [], tokenizer.pad_token_id), out / "relearn", model=attacked)
     attacked.config.use_cache = True
     log.info("relearning attack: %d steps; %s", recipe.unlearn.relearn_steps, how)
     metrics, details = evaluate_model(attacked, tokenizer, {**sets, "forget": held}, **kw)
@@ -318,10 +315,7 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
         retain_model = u.retain_model_path
     stage_seconds["learn (or cache)"] = time.perf_counter() - start
 
-    unlearn = recipe_to_dict(recipe)
-    unlearn["model"]["path"] = target
-    unlearn["reference"]["path"] = None  # the target is the reference
-    unlearn_recipe = recipe_from_dict(unlearn, source=recipe.source)
+    unlearn_recipe = recipe.derive({"model.path": target, "reference.path": None})  # the target is the reference
     start = time.perf_counter()
     trained = train_stage(unlearn_recipe, stale=("report.md", "unlearning_eval.json", "forget_vs_utility.png"),
                           run_dir=run_dir, started=run_started)

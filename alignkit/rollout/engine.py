@@ -127,6 +127,13 @@ class EngineClient:
             out += [replace(c, prompt_index=c.prompt_index + bounds[share]) for c in completions]
         return out
 
+    def sleep(self) -> None:
+        """Colocated vLLM engines free their GPU memory (weights offloaded, KV cache dropped) for the trainer."""
+        self._get([a.sleep.remote() for a in self.actors], "sleep")
+
+    def wake(self) -> None:
+        self._get([a.wake.remote() for a in self.actors], "wake")
+
     def update_weights(self, weights: dict, via: str | None = None) -> dict:
         """Push a full state dict (HF names) to every engine: through the transfer group (rollout.weight_sync:
         collective; needs a GPU in this process when the engines are on GPUs) or as one copy in the object store

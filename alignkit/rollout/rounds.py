@@ -29,6 +29,7 @@ class RoundMaker:
     settings: EncodeSettings
     seed: int = 0
     scorer: object = None  # the prompt set's behavioural checker (data/builtin.py), or None
+    colocate: bool = False  # engines on the trainer's GPUs: asleep while the trainer trains, awake to take weights
     _provider: object = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
 
@@ -88,6 +89,8 @@ class RoundMaker:
         log.info("online generation %d: %d prompts x %d samples, mean score %s, %d training rows; generate %.1f s, "
                  "score %.1f s", generation, len(rows), o.samples_per_prompt, metrics.get("online/mean_score"),
                  len(encoded), generate_s, score_s)
+        if self.colocate:  # (an LLM judge scored with the engines above; now the trainer needs their memory)
+            self.client.sleep()
         return encoded, metrics
 
     def evaluate(self) -> dict:
@@ -109,4 +112,6 @@ class RoundMaker:
         return out
 
     def push(self, state: dict) -> dict:
+        if self.colocate:
+            self.client.wake()
         return self.client.update_weights(state)

@@ -1,0 +1,91 @@
+"""Reference log-probs, by recipe policy (`reference.mode`): computed once before training and kept per example
+(`precompute`: no second model in memory while training), or a frozen model run beside the policy (`live`)."""
+from __future__ import annotations
+
+import torch
+
+from alignkit.engine.dist import all_reduce_sum, rank_world
+from alignkit.engine.inputs import _capture_hidden, _forward
+from alignkit.engine.sources import sharded_eval_batches
+
+
+class PrecomputedReference:
+    """Reference sequence log-probs computed once before training (no second model in memory while training)."""
+
+    def __init__(self, table: torch.Tensor, known: torch.Tensor | None = None):
+        self.table = table  # [N examples, sequences per example]
+        self.known = known if known is not None else torch.ones(len(table), dtype=torch.bool)
+
+    def logps(self, batch: dict) -> torch.Tensor:
+        """[S] for the batch's S sequences, ordered as collated: all first sequences, then all second ones."""
+        if not bool(self.known[batch["index"]].all()):
+            raise AssertionError("reference log-probs missing for a batch example")
+        return self.table[batch["index"]].T.reshape(-1)
+
+    def vocab_logps(self, batch: dict) -> torch.Tensor:
+        raise AssertionError("precomputed references hold no distributions; check_recipe prevents this")
+
+    def state(self) -> dict:
+        return {"table": self.table, "known": self.known}
+
+    @classmethod
+    def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx, per_example: int,
+                needed: list[int] | None = None, into: PrecomputedReference | None = None
+                ) -> PrecomputedReference:
+        """Fill in the examples in `needed` (default all) that `into` does not know yet, with `module` (the
+        reference: the starting policy); a resumed run only computes what its checkpoint lacks."""
+        rank, world = rank_world()
+        base = into or cls(torch.zeros(len(examples), per_example), torch.zeros(len(examples), dtype=torch.bool))
+        needed = sorted(set(needed) if needed is not None else range(len(examples)))
+        missing = [i for i in needed if not base.known[i]]
+        if not missing:
+            return base
+        table = torch.zeros(len(examples), per_example, dtype=torch.float64)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            for positions in sharded_eval_batches(len(missing), batch_size, rank, world):
+                ids = [missing[p] for p in positions]
+                batch = collate([examples[i] for i in (ids or [missing[0]])])
+                seq = _forward(module, batch, ctx)["seq_logps"]
+                if ids:
+                    table[ids] = seq.double().reshape(per_example, len(ids)).T
+        module.train(was_training)
+        table = all_reduce_sum(table).float()
+        known = base.known.clone()
+        known[missing] = True
+        return cls(torch.where(known[:, None] & ~base.known[:, None], table, base.table), known)
+
+
+class LiveReference:
+    """A frozen copy of the reference model run beside the policy."""
+
+    def __init__(self, model, ctx, vocab: bool = False):
+        self.model, self.ctx, self.vocab = model.eval(), ctx, vocab
+        self._recent: list[tuple[dict, dict]] = []
+
+    def _outputs(self, batch: dict) -> dict:
+        # One reference forward per batch, shared by logps(), token_logps() and vocab_logps(); the last four batches
+        # are remembered (a forget batch, its retain batch and their IDK-answer batches).
+        for seen, out in self._recent:
+            if seen is batch:
+                return out
+        with torch.no_grad():
+            out = _forward(self.model, batch, self.ctx, vocab=self.vocab)
+        self._recent = [*self._recent[-3:], (batch, out)]
+        return out
+
+    def logps(self, batch: dict) -> torch.Tensor:
+        return self._outputs(batch)["seq_logps"]
+
+    def token_logps(self, batch: dict) -> torch.Tensor:
+        return self._outputs(batch)["token_logps"]
+
+    def vocab_logps(self, batch: dict) -> torch.Tensor:
+        return self._outputs(batch)["vocab_logps"]
+
+    def hidden(self, batch: dict, layer: int) -> torch.Tensor:
+        """The frozen model's hidden state after decoder layer `layer` [B, T, d]."""
+        with torch.no_grad(), _capture_hidden(self.model, layer) as seen:
+            _forward(self.model, batch, self.ctx)
+        return seen[-1]
