@@ -44,9 +44,9 @@ def run_alignkit(args) -> dict:
         "trainer": {"backend": "torch", "max_steps": args.steps, "micro_batch_size": args.batch, "progress_bar": False},
     })
     # Sequential order, so TRL (with a sequential sampler) sees the same batches.
-    import alignkit.engine.loop as loop
+    import alignkit.engine.sources as sources
 
-    loop.stream_indices = lambda n, seed, start, count: [(start + i) % n for i in range(count)]
+    sources.stream_indices = lambda n, seed, start, count: [(start + i) % n for i in range(count)]
     start = time.perf_counter()
     train(recipe, TrainData("pairs", examples, [], tokenizer.pad_token_id), out)
     total = time.perf_counter() - start

@@ -74,8 +74,9 @@ print(json.dumps(run_online(recipe, rows, ExactAnswer(), unpaired_by_score(0.5),
 
         shutil.rmtree(out)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=REPO, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"the relaunch loop failed:\n{proc.stderr[-3000:]}")
     wall = time.perf_counter() - start
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = []

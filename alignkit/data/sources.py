@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.data.builtin import BUILTIN_DATASETS, BUILTIN_SPLITS
-from alignkit.data.records import is_pair_row, normalize_row, pairs_to_unpaired
+from alignkit.data.records import normalize_row
 from alignkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error",
                  seed: int = 0, hub_config: str | None = None, keep_labels: tuple[bool, ...] = (True, False)
                  ) -> LoadedData:
     """Validated records of `kind`. `limit` counts records kept; `keep_labels` drops unpaired records of a side."""
+    from alignkit.kinds import get_kind
+
+    record_kind = get_kind(kind)
     raw, origin = _read_raw(spec, split, seed, hub_config)
     rows, skipped = [], 0
     for index, row in enumerate(raw):
@@ -101,12 +104,9 @@ def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error",
             if isinstance(row, DataError):
                 raise row
             where = f"{origin} row {index}"
-            if kind == "unpaired" and is_pair_row(row):
-                # Preference pairs feed unpaired objectives as one accepted and one rejected record each.
-                pair = normalize_row(row, "pairs", where)
-                records = [normalize_row(r, kind, where) for r in pairs_to_unpaired(pair)]
-            else:
-                records = [normalize_row(row, kind, where)]
+            # rows of another shape the kind also takes (preference pairs for unpaired objectives)
+            expanded = record_kind.expand(row, where) if record_kind.expand and isinstance(row, dict) else None
+            records = [normalize_row(r, kind, where) for r in (expanded if expanded is not None else [row])]
             rows.extend(r for r in records if kind != "unpaired" or r["label"] in keep_labels)
         except DataError as exc:
             if on_bad_row == "error":
@@ -124,22 +124,21 @@ def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error",
     return LoadedData(rows, origin, skipped)
 
 
-KIND_SHAPES = {"pairs": "prompt + chosen + rejected", "reward_pairs": "prompt + chosen + rejected",
-               "sft": "prompt + completion, or messages", "unpaired": "prompt + completion + label",
-               "forget": "question + answer, prompt + completion, or text"}
-
-
 def row_kinds(row) -> list[str]:
-    """The record kinds a raw row is valid as."""
+    """The record kinds a raw row is valid as (directly, or through a kind's `expand`)."""
+    from alignkit.kinds import all_kinds
+
     kinds = []
-    for kind in KIND_SHAPES:
+    for kind in all_kinds():
         try:
-            normalize_row(row, kind, "row")
-            kinds.append(kind)
+            kind.normalize(row, "row")
+            kinds.append(kind.name)
         except DataError:
-            pass
-    if is_pair_row(row):
-        kinds.append("unpaired")  # pairs feed unpaired objectives as two records
+            try:
+                if kind.expand is not None and kind.expand(row, "row") is not None:
+                    kinds.append(kind.name)
+            except DataError:
+                pass
     return kinds
 
 

@@ -19,11 +19,9 @@ import numpy as np
 import torch
 
 from alignkit.config.schema import Recipe
-from alignkit.data.encode import COLLATORS
 from alignkit.engine.backends import make_backend
 from alignkit.engine.checkpoint import _truncate_metrics, load_state, save_state, saved_references
 from alignkit.engine.dist import all_reduce_sum, rank_world
-from alignkit.engine.inputs import SEQUENCES_PER_EXAMPLE, _forward, objective_inputs  # noqa: F401
 from alignkit.engine.metrics import MetricSums, MetricsWriter, _peak_rss_mb_max
 from alignkit.engine.reference import LiveReference, PrecomputedReference  # noqa: F401
 from alignkit.engine.sources import (  # noqa: F401
@@ -33,10 +31,17 @@ from alignkit.engine.sources import (  # noqa: F401
     worker_micro_batches,
 )
 from alignkit.errors import AlignkitError
-from alignkit.models.loading import DTYPES, load_causal_lm, load_model_for
+from alignkit.kinds import get_kind
+from alignkit.models.loading import DTYPES, load_causal_lm, load_reward_model, load_tokenizer
 from alignkit.objectives import get_objective
 
 log = logging.getLogger(__name__)
+
+
+def objective_inputs(objective, module, batch: dict, ctx, reference, retain_batch: dict | None = None,
+                     params=None) -> dict[str, torch.Tensor]:
+    """The tensors `objective` consumes for this batch: its record kind's module builds them (alignkit/kinds/)."""
+    return get_kind(objective.kind).inputs(objective, module, batch, ctx, reference, retain_batch, params)
 
 
 def seed_everything(seed: int) -> None:
@@ -60,14 +65,14 @@ def retain_batch_for(data: TrainData, count: int, position: int) -> dict | None:
     if not data.retain:
         return None
     picks = stream_indices(len(data.retain), 7919, position, max(1, count))
-    return COLLATORS["forget"]([data.retain[i] for i in picks], data.pad_id)
+    return get_kind("forget").collate([data.retain[i] for i in picks], data.pad_id)
 
 
 def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, batch_size: int,
              metric_keys: list[str]) -> dict[str, float]:
     """Objective loss and metrics on the held-out set, averaged over examples (every example counted once)."""
     rank, world = rank_world()
-    collate = lambda ex: COLLATORS[data.kind](ex, data.pad_id)  # noqa: E731
+    collate = lambda ex: get_kind(data.kind).collate(ex, data.pad_id)  # noqa: E731
     sums = MetricSums()
     was_training = module.training
     module.eval()
@@ -127,9 +132,11 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     objective = get_objective(recipe.objective.name)
     params = objective.make_params(recipe.objective.params)
     seed_everything(recipe.run.seed)
-    collate = lambda ex: COLLATORS[data.kind](ex, data.pad_id)  # noqa: E731
+    collate = lambda ex: get_kind(data.kind).collate(ex, data.pad_id)  # noqa: E731
     if model is None:
-        model = load_model_for(data.kind, recipe.model.path, recipe.model.dtype, recipe.model.trust_remote_code)
+        m = recipe.model
+        model = (load_reward_model(m.path, m.dtype, m.trust_remote_code, load_tokenizer(m.path).pad_token_id)
+                 if get_kind(data.kind).reward_model else load_causal_lm(m.path, m.dtype, m.trust_remote_code))
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
@@ -157,7 +164,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         if recipe.reference.path:
             ref_module = load_causal_lm(recipe.reference.path, recipe.model.dtype, recipe.model.trust_remote_code)
         visited = source.visited(t.max_steps, world)
-        per_example = SEQUENCES_PER_EXAMPLE[data.kind]
+        per_example = get_kind(data.kind).sequences_per_example
         references["train"] = PrecomputedReference.compute(ref_module, data.train, collate, batch_size, ctx,
                                                             per_example, needed=visited, into=saved.get("train"))
         if data.eval:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from alignkit.engine.dist import all_reduce_sum, rank_world
-from alignkit.engine.inputs import _capture_hidden, _forward
 from alignkit.engine.sources import sharded_eval_batches
+from alignkit.models.logps import capture_hidden, forward_batch
 
 
 class PrecomputedReference:
@@ -47,7 +47,7 @@ class PrecomputedReference:
             for positions in sharded_eval_batches(len(missing), batch_size, rank, world):
                 ids = [missing[p] for p in positions]
                 batch = collate([examples[i] for i in (ids or [missing[0]])])
-                seq = _forward(module, batch, ctx)["seq_logps"]
+                seq = forward_batch(module, batch, ctx)["seq_logps"]
                 if ids:
                     table[ids] = seq.double().reshape(per_example, len(ids)).T
         module.train(was_training)
@@ -71,7 +71,7 @@ class LiveReference:
             if seen is batch:
                 return out
         with torch.no_grad():
-            out = _forward(self.model, batch, self.ctx, vocab=self.vocab)
+            out = forward_batch(self.model, batch, self.ctx, vocab=self.vocab)
         self._recent = [*self._recent[-3:], (batch, out)]
         return out
 
@@ -86,6 +86,6 @@ class LiveReference:
 
     def hidden(self, batch: dict, layer: int) -> torch.Tensor:
         """The frozen model's hidden state after decoder layer `layer` [B, T, d]."""
-        with torch.no_grad(), _capture_hidden(self.model, layer) as seen:
-            _forward(self.model, batch, self.ctx)
+        with torch.no_grad(), capture_hidden(self.model, layer) as seen:
+            forward_batch(self.model, batch, self.ctx)
         return seen[-1]

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignkit.data.encode import EncodeSettings, collate_sft, encode_forget, render_prompt
+from alignkit.data.encode import EncodeSettings, collate_sft, render_prompt
 from alignkit.evaluation import unlearning_metrics as um
+from alignkit.kinds.forget import encode as encode_forget
 
 log = logging.getLogger(__name__)
 

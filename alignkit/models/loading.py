@@ -62,13 +62,6 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     return model
 
 
-def load_model_for(kind: str, path: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """The trainable model for a record kind: a reward model for `reward_pairs`, else a causal LM."""
-    if kind == "reward_pairs":
-        return load_reward_model(path, dtype, trust_remote_code, load_tokenizer(path).pad_token_id)
-    return load_causal_lm(path, dtype, trust_remote_code)
-
-
 def check_model_source(path: str, build: bool = True) -> None:
     """Fail early (before workers start) on a model path that is neither built-in, local, nor hub-like. `build`:
     a built-in model is built (converted on first use) now; else only its name is checked."""

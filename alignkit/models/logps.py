@@ -1,6 +1,7 @@
 """Per-token and per-sequence log-probabilities of label tokens (spec §0.3), always computed in fp32."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -143,3 +144,31 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     if layers is None:
         raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (expected .layers on its decoder)")
     return layers
+
+
+def forward_batch(module, batch: dict, ctx, vocab: bool = False) -> dict[str, torch.Tensor]:
+    """Token and sequence log-probs of a collated batch (input_ids, attention_mask, labels) under `ctx` (autocast);
+    with `vocab` also the full log-distributions at the label positions."""
+    with ctx:
+        out = forward_token_logps(module, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                  return_vocab=vocab)
+    result = {"token_logps": out[0], "token_mask": out[1], "seq_logps": out[0].sum(-1), "lengths": out[1].sum(-1)}
+    if vocab:
+        result["vocab_logps"] = out[2]
+    return result
+
+
+@contextlib.contextmanager
+def capture_hidden(module, layer: int | None):
+    """Record the output hidden state [B, T, d] of decoder layer `layer` during the forwards inside (a hook, so
+    objectives read activations without a model-specific forward)."""
+    if layer is None:
+        yield None
+        return
+    seen: list[torch.Tensor] = []
+    handle = decoder_layers(module)[layer].register_forward_hook(
+        lambda _m, _i, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -25,7 +25,7 @@ from alignkit.errors import RecipeError
 
 Metrics = dict[str, torch.Tensor]
 LossFn = Callable[[dict[str, torch.Tensor], object], tuple[torch.Tensor, Metrics]]
-RecordKind = Literal["pairs", "sft", "unpaired", "reward_pairs", "forget"]
+RecordKind = str  # a record kind registered in alignkit/kinds/ (checked when a recipe is loaded)
 # What a `forget` objective may ask the engine for, besides the forget batch's token/sequence log-probs:
 NEEDS = frozenset({
     "retain",  # a retain batch beside every forget batch: retain_token_logps, retain_token_mask, retain_logps, ...

@@ -1,4 +1,5 @@
-"""Pipelines: what `launch.py` runs for a recipe, chosen by the objective's record kind."""
+"""Pipelines: what `launch.py` runs for a recipe, named by the objective's record kind (preference, reward,
+unlearn) or `online` for recipes with online rounds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +8,14 @@ from pathlib import Path
 def run_pipeline(recipe) -> Path:
     """Train and evaluate per the recipe; returns the run directory (with report.md). An earlier run in the output
     directory is refused, or with run.overwrite replaced only when this one succeeds (alignkit/rundir.py)."""
+    import importlib
+
+    from alignkit.kinds import get_kind
     from alignkit.objectives import get_objective
     from alignkit.rundir import run_directory
 
-    kind = get_objective(recipe.objective.name).kind
-    if recipe.online.rounds > 0:
-        from alignkit.pipelines.online import run
-    elif kind == "reward_pairs":
-        from alignkit.pipelines.reward import run
-    elif kind == "forget":
-        from alignkit.pipelines.unlearn import run
-    else:
-        from alignkit.pipelines.preference import run
+    # the objective's record kind names its pipeline (alignkit/kinds/); online recipes have their own
+    name = "online" if recipe.online.rounds > 0 else get_kind(get_objective(recipe.objective.name).kind).pipeline
+    run = importlib.import_module(f"alignkit.pipelines.{name}").run
     with run_directory(recipe.output_dir, recipe.run.overwrite, recipe.run.resume is not None) as run_dir:
         return run(recipe, run_dir)

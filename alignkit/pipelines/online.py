@@ -23,7 +23,7 @@ ONLINE_KINDS = ("sft", "pairs", "unpaired")
 
 def load_prompt_rows(spec: str, split: str, fields: list[str], key: str, seed: int = 0) -> tuple[list[dict], str]:
     """Rows with a valid `prompt` and the fields the feedback provider reads; a row without them fails by index."""
-    from alignkit.data.records import _check_text
+    from alignkit.data.records import check_text
     from alignkit.data.sources import read_rows
 
     rows, origin = read_rows(spec, split, seed=seed)
@@ -31,7 +31,7 @@ def load_prompt_rows(spec: str, split: str, fields: list[str], key: str, seed: i
         where = f"{origin} row {index} ({key})"
         if not isinstance(row, dict):
             raise DataError(f"{where}: a row must be a JSON object")
-        _check_text(row, "prompt", where)
+        check_text(row, "prompt", where)
         missing = [f for f in fields if f not in row]
         if missing:
             raise DataError(f"{where}: missing field `{missing[0]}`, which the feedback provider (online.feedback) "

@@ -42,8 +42,9 @@ def provenance() -> dict:
 def check_data_kinds(recipe: Recipe, read_hub: bool = True) -> None:
     """Each data source of the recipe holds the record kind its objective consumes (judged from its first rows),
     else one DataError that says which kind each side has and which objectives fit the data."""
-    from alignkit.data.sources import KIND_SHAPES, is_hub_source, kind_mismatch
+    from alignkit.data.sources import is_hub_source, kind_mismatch
     from alignkit.errors import DataError
+    from alignkit.kinds import get_kind
     from alignkit.objectives.registry import objectives_for_kinds
 
     objective = get_objective(recipe.objective.name)
@@ -64,7 +65,7 @@ def check_data_kinds(recipe: Recipe, read_hub: bool = True) -> None:
         origin, kinds, fields = found
         has = f"`{kinds[0]}` records" if kinds else "rows of no record kind alignkit knows"
         hint = f"; objectives that take this data: {', '.join(objectives_for_kinds(kinds))}" if kinds else ""
-        raise DataError(f"objective `{objective.name}` consumes `{kind}` records ({KIND_SHAPES[kind]}), but {key} "
+        raise DataError(f"objective `{objective.name}` consumes `{kind}` records ({get_kind(kind).shape}), but {key} "
                         f"({origin}) holds {has} (fields: {fields}){hint}")
 
 

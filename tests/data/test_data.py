@@ -4,9 +4,11 @@ import json
 import pytest
 
 from alignkit.data.builtin import concise_arithmetic, score_completion
-from alignkit.data.encode import IGNORE, EncodeSettings, collate_pairs, encode_pair, encode_rows
+from alignkit.data.encode import IGNORE, EncodeSettings, encode_rows
 from alignkit.data.sources import load_records
 from alignkit.errors import DataError
+from alignkit.kinds.pairs import collate as collate_pairs
+from alignkit.kinds.pairs import encode as encode_pair
 
 
 def write_jsonl(path, rows):
@@ -158,7 +160,7 @@ def test_pairs_become_unpaired_and_sides_can_be_dropped():
 
 
 def test_unpaired_collate_carries_labels(tokenizer):
-    from alignkit.data.encode import collate_unpaired
+    from alignkit.kinds.unpaired import collate as collate_unpaired
 
     rows = load_records("builtin:concise_arithmetic", "test", "unpaired").rows[:4]
     examples, _ = encode_rows(tokenizer, rows, "unpaired", EncodeSettings())

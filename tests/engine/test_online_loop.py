@@ -86,8 +86,8 @@ def test_online_rounds_on_one_trainer(tmp_path, engine, tiny_model_dir):
     assert all("online/eval_correct" in r for r in records if "online/weights_version" in r)
     # the engine holds the last update's weights: its log-probs are the trainer's final model's
     from alignkit.data.encode import collate_sft, encode_sft
-    from alignkit.engine.loop import _forward
     from alignkit.models.loading import load_causal_lm
+    from alignkit.models.logps import forward_batch as _forward
 
     prompts = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Hi"}]]
     answers = ["The answer is 5.", "Hello."]

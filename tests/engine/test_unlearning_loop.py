@@ -63,8 +63,9 @@ def test_every_unlearning_objective_trains(tmp_path, name):
 
 
 def test_retain_tensors_from_the_all_token_forward_match_a_label_forward(tmp_path):
-    from alignkit.engine.loop import LiveReference, _forward
+    from alignkit.engine.loop import LiveReference
     from alignkit.models.loading import load_causal_lm
+    from alignkit.models.logps import forward_batch as _forward
 
     recipe = _recipe(tmp_path, "npo_kl")
     encoded, _ = prepare_data(recipe)
@@ -128,7 +129,7 @@ def test_rmu_hidden_states_and_trainable_parameters(tmp_path):
     rest, so only the named weights move."""
     from contextlib import nullcontext
 
-    from alignkit.data.encode import collate_forget
+    from alignkit.kinds.forget import collate as collate_forget
     from alignkit.models.loading import load_causal_lm
 
     recipe = _recipe(tmp_path, "rmu", **RMU_TINY)

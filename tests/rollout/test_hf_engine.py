@@ -66,8 +66,9 @@ def test_weight_sync_matches_the_trainer_after_a_training_step(tmp_path, tiny_mo
 
     from alignkit.config import recipe_from_dict
     from alignkit.data.encode import collate_sft
-    from alignkit.engine.loop import TrainData, _forward, train
+    from alignkit.engine.loop import TrainData, train
     from alignkit.models.loading import load_causal_lm
+    from alignkit.models.logps import forward_batch as _forward
     from alignkit.pipelines.preference import prepare_data
 
     recipe = recipe_from_dict({
