@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.sweep:
             from alignkit.distributed.tune import run_sweep
+            from alignkit.pipelines import run_pipeline
 
-            out = run_sweep(recipe)
+            out = run_sweep(recipe, run_pipeline)
             print(f"done: {out}/results.md (best recipe: {out}/best_recipe.yaml)")
             return 0
         from alignkit.pipelines import run_pipeline

@@ -28,8 +28,9 @@ def ordered_rows(n: int) -> list[dict]:
 
 def run_alignkit(args) -> dict:
     from alignkit.config import recipe_from_dict
-    from alignkit.data.encode import EncodeSettings, encode_rows
+    from alignkit.data.encode import EncodeSettings
     from alignkit.engine.loop import TrainData, train
+    from alignkit.kinds import encode_rows
     from alignkit.models.loading import load_tokenizer
 
     rows = ordered_rows(args.steps * args.batch)

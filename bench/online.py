@@ -52,14 +52,15 @@ def persistent(root: Path, model: str, steps: int, rounds: int) -> dict:
 
 
 def relaunch(root: Path, model: str, steps: int, rounds: int) -> dict:
-    """The earlier design (alignkit/rollout/online.py run_online): a new Ray Train run per round."""
+    """The earlier design (bench/relaunch_online.py run_online): a new Ray Train run per round."""
     code = f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
 from alignkit.config import load_recipe
 from alignkit.data.builtin import BUILTIN_DATASETS
 from alignkit.rollout.feedback import ExactAnswer
-from alignkit.rollout.online import OnlineSettings, run_online, unpaired_by_score
+sys.path.insert(0, {str(REPO / "bench")!r})
+from relaunch_online import OnlineSettings, run_online, unpaired_by_score
 from alignkit.rollout.types import SamplingParams
 recipe = load_recipe("recipes/online/pmpo_builtin.yaml", {common(model, steps, rounds)!r} + ["online.rounds=0",
                      "data.train=builtin:concise_arithmetic", "trainer.max_steps={steps}", "eval.generate=false"])

@@ -68,23 +68,6 @@ def encode_sft(tokenizer, row: dict, s: EncodeSettings) -> dict:
     return {"prompt_ids": prompt, "completion_ids": completion, "truncated": cut}
 
 
-def encode_rows(tokenizer, rows: list[dict], kind: str, s: EncodeSettings, origin: str = "") -> tuple[list, int]:
-    """Encode every row with its kind's encoder (alignkit/kinds/); returns the examples and how many were truncated."""
-    from alignkit.kinds import get_kind
-
-    encode = get_kind(kind).encode
-    encoded, truncated = [], 0
-    for index, row in enumerate(rows):
-        try:
-            example = encode(tokenizer, row, s)
-        except DataError as exc:
-            raise DataError(f"{origin} row {index}: {exc}") from None
-        example["index"] = index
-        truncated += example.pop("truncated")
-        encoded.append(example)
-    return encoded, truncated
-
-
 def pad(sequences: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(s) for s in sequences)
     return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)

@@ -1,5 +1,5 @@
-"""Row validation (spec §0.4): shared checks, and `normalize_row`, which asks the record kind's module
-(alignkit/kinds/) for its rules. Every source becomes a list of plain dicts of one schema per kind (the kinds and
+"""Row validation helpers (spec §0.4) shared by the record kinds' modules (alignkit/kinds/), which hold each kind's
+rules. Every source becomes a list of plain dicts of one schema per kind (the kinds and
 their shapes: the docstrings of alignkit/kinds/*.py). Extra fields (ground truth answers, ids) are kept, so checkers
 can use them.
 """
@@ -29,16 +29,6 @@ def check_text(row: dict, field: str, where: str) -> Text:
         return value
     raise DataError(f"{where}: field `{field}` must be a string or a list of {{role, content}} messages, "
                     f"got {type(value).__name__}")
-
-
-def normalize_row(row: dict, kind: str, where: str) -> dict:
-    """Validate one row of `kind` and return it in canonical form; raise DataError naming `where` and the field.
-    Each kind's rules live in its module (alignkit/kinds/<kind>.py)."""
-    from alignkit.kinds import get_kind
-
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    return get_kind(kind).normalize(row, where)
 
 
 def is_pair_row(row) -> bool:

@@ -1,28 +1,20 @@
 """Data sources: `builtin:<name>`, local JSONL/JSON/Parquet files, and Hugging Face hub datasets by name
-(`owner/name`, or `owner/name:config` to name the config per source; else data.hub_config).
-Rows are validated once; a bad row fails with its file, row index and field, or is skipped and counted."""
+(`owner/name`, or `owner/name:config` to name the config per source; else data.hub_config). This module reads raw
+rows; `alignkit.kinds.load_records` validates them as records of a kind (a bad row fails with its file, row index
+and field, or is skipped and counted)."""
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.data.builtin import BUILTIN_DATASETS, BUILTIN_SPLITS
-from alignkit.data.records import normalize_row
 from alignkit.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoadedData:
-    rows: list[dict]
-    origin: str  # human-readable description of the source
-    skipped: int = 0  # bad rows skipped under on_bad_row: skip
-
-
-def _read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple[list, str]:
+def read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple[list, str]:
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name not in BUILTIN_DATASETS:
@@ -81,7 +73,7 @@ def _read_raw(spec: str, split: str, seed: int, hub_config: str | None) -> tuple
 
 def read_rows(spec: str, split: str, seed: int = 0, hub_config: str | None = None) -> tuple[list[dict], str]:
     """Raw rows of a source (no record kind) and a description of where they came from; unreadable lines fail."""
-    raw, origin = _read_raw(spec, split, seed, hub_config)
+    raw, origin = read_raw(spec, split, seed, hub_config)
     for row in raw:
         if isinstance(row, DataError):
             raise row
@@ -90,73 +82,9 @@ def read_rows(spec: str, split: str, seed: int = 0, hub_config: str | None = Non
     return raw, origin
 
 
-def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error", limit: int | None = None,
-                 seed: int = 0, hub_config: str | None = None, keep_labels: tuple[bool, ...] = (True, False)
-                 ) -> LoadedData:
-    """Validated records of `kind`. `limit` counts records kept; `keep_labels` drops unpaired records of a side."""
-    from alignkit.kinds import get_kind
-
-    record_kind = get_kind(kind)
-    raw, origin = _read_raw(spec, split, seed, hub_config)
-    rows, skipped = [], 0
-    for index, row in enumerate(raw):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            where = f"{origin} row {index}"
-            # rows of another shape the kind also takes (preference pairs for unpaired objectives)
-            expanded = record_kind.expand(row, where) if record_kind.expand and isinstance(row, dict) else None
-            records = [normalize_row(r, kind, where) for r in (expanded if expanded is not None else [row])]
-            rows.extend(r for r in records if kind != "unpaired" or r["label"] in keep_labels)
-        except DataError as exc:
-            if on_bad_row == "error":
-                raise DataError(f"{exc} (set data.on_bad_row: skip to skip bad rows)") from None
-            skipped += 1
-            if skipped <= 3:
-                log.warning("skipping bad row: %s", exc)
-        if limit is not None and len(rows) >= limit:
-            rows = rows[:limit]
-            break
-    if skipped:
-        log.warning("skipped %d bad row(s) of %s", skipped, origin)
-    if not rows:
-        raise DataError(f"{origin}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
-    return LoadedData(rows, origin, skipped)
-
-
-def row_kinds(row) -> list[str]:
-    """The record kinds a raw row is valid as (directly, or through a kind's `expand`)."""
-    from alignkit.kinds import all_kinds
-
-    kinds = []
-    for kind in all_kinds():
-        try:
-            kind.normalize(row, "row")
-            kinds.append(kind.name)
-        except DataError:
-            try:
-                if kind.expand is not None and kind.expand(row, "row") is not None:
-                    kinds.append(kind.name)
-            except DataError:
-                pass
-    return kinds
-
-
 def is_hub_source(spec: str) -> bool:
     return not spec.startswith("builtin:") and not (Path(spec).expanduser().suffix in (".jsonl", ".json", ".parquet")
                                                      or Path(spec).expanduser().exists())
-
-
-def kind_mismatch(spec: str, split: str, kind: str, *, seed: int = 0, hub_config: str | None = None,
-                  sample: int = 5) -> tuple[str, list[str], str] | None:
-    """None when the first `sample` rows of a source include a valid `kind` record (bad rows of the right kind get
-    their own row-level message from load_records); else (origin, the kinds its first row is, its fields).
-    A hub dataset is read whole: validation-only callers skip hub sources (is_hub_source)."""
-    raw, origin = _read_raw(spec, split, seed, hub_config)
-    rows = [r for r in raw[:sample] if isinstance(r, dict)]
-    if not rows or any(kind in row_kinds(r) for r in rows):
-        return None
-    return origin, row_kinds(rows[0]), ", ".join(list(rows[0])[:8])
 
 
 def behaviour_scorer(spec: str | None):

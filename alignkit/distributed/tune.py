@@ -53,11 +53,9 @@ def _check_values(recipe: Recipe) -> None:
                 raise RecipeError(f"sweep value {key}={value!r}: {exc}") from None
 
 
-def _trial(config: dict) -> None:
+def _trial(config: dict, run) -> None:
     """One Tune trial: a normal run with the sampled values, metrics forwarded to Tune as they are logged."""
     from ray import tune
-
-    from alignkit.pipelines import run_pipeline as run
 
     values = config["values"]
     trial_id = tune.get_context().get_trial_id()
@@ -107,7 +105,9 @@ def _trial(config: dict) -> None:
     tune.report({**final, "step": records[-1]["step"], "done": True, "run_dir": recipe.output_dir})
 
 
-def run_sweep(recipe: Recipe) -> Path:
+def run_sweep(recipe: Recipe, run) -> Path:
+    """Sweep `recipe.sweep.space` with Ray Tune; every trial is `run(trial_recipe)` (alignkit.pipelines.run_pipeline)
+    and reports its metrics."""
     sw = recipe.sweep
     if not sw.space:
         raise RecipeError(f"--sweep needs a `sweep.space` in {recipe.source} (for example "
@@ -119,10 +119,10 @@ def run_sweep(recipe: Recipe) -> Path:
     # an earlier sweep of this name is refused, or with run.overwrite replaced once this one has finished
     with run_directory(sweep_dir, recipe.run.overwrite, resume=False) as directory:
         directory.claim()
-        return _run_tuner(recipe, sweep_dir)
+        return _run_tuner(recipe, sweep_dir, run)
 
 
-def _run_tuner(recipe: Recipe, sweep_dir: Path) -> Path:
+def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -135,7 +135,8 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path) -> Path:
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period, max_t=10**6)
     param_space = {"values": _search_space(sw.space), "base": recipe_to_dict(recipe), "source": recipe.source,
                    "name": recipe.run.name, "sweep_dir": str(sweep_dir)}
-    trainable = tune.with_resources(_trial, {"CPU": sw.trial_cpus})
+    # `run` (the pipeline runner) reaches the trials through tune.with_parameters: distributed/ imports no pipeline
+    trainable = tune.with_resources(tune.with_parameters(_trial, run=run), {"CPU": sw.trial_cpus})
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, num_samples=sw.num_samples, scheduler=scheduler,

@@ -197,7 +197,7 @@ def load_suite(path: str | None, key: str = "eval.suite") -> RewardSuite:
 def load_sets(suite: RewardSuite, default_data: str | None = None, default_split: str = "test",
               seed: int = 0) -> dict[str, list[dict]]:
     """The rows of every set of the suite (the recipe's data.eval when the suite names none)."""
-    from alignkit.data.sources import load_records
+    from alignkit.kinds import load_records
 
     sets = suite.sets or ({"held_out": {"data": default_data, "split": default_split}} if default_data else {})
     if not sets:

@@ -347,8 +347,9 @@ def load_suite(path: str, key: str = "eval.suite") -> UnlearningSuite:
 
 def read_suite_sets(suite: UnlearningSuite, seed: int = 0) -> dict:
     """The rows of every set of a suite, validated (a wrong schema fails here, naming the set and the field)."""
-    from alignkit.data.sources import load_records, read_rows
+    from alignkit.data.sources import read_rows
     from alignkit.errors import DataError
+    from alignkit.kinds import load_records
 
     sets: dict = {"multiple_choice": {}}
     for name, spec in suite.sets.items():
@@ -402,11 +403,25 @@ def evaluate_paths(models: dict[str, str], sets: dict, *, retain: str | None = N
     return rows
 
 
+REPORT_KEYS = ("forget/rouge", "forget/fact", "forget/prob", "forget/truth_ratio", "forget/knowmem", "forget_quality",
+               "verbmem", "mia/mink", "mia/minkpp", "mia/loss", "mia/zlib", "privleak", "retain/rouge", "retain/fact",
+               "retain/prob", "retain/truth_ratio", "utility")
+
+
+def results_table(rows: dict[str, dict]) -> str:
+    names = list(rows)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    extra = sorted({k for m in rows.values() for k in m} - set(REPORT_KEYS))
+    for key in (*REPORT_KEYS, *extra):
+        if any(key in rows[n] for n in names):
+            cells = [f"{rows[n][key]:.3g}" if key in rows[n] else "—" for n in names]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
-
-    from alignkit.pipelines.unlearn import results_table
 
     parser = argparse.ArgumentParser(prog="python -m alignkit.evaluation.unlearning",
                                      description="Evaluate saved models with an unlearning suite "

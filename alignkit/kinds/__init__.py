@@ -1,6 +1,7 @@
 """Record kinds: one module each (pairs, sft, unpaired, forget, reward_pairs). A kind owns how its rows are
 normalised (validated into one canonical form), encoded into token ids, collated into batches, and which tensors
-its objectives receive from the policy's (and reference's) forwards. Everything else asks the registry:
+its objectives receive from the policy's (and reference's) forwards. Everything else asks the registry, or the
+functions at the end of this module (load_records, encode_rows, kind_mismatch):
 
     kind = get_kind("pairs")
     row = kind.normalize(raw_row, "data.jsonl row 3"); example = kind.encode(tokenizer, row, settings)
@@ -10,9 +11,16 @@ A new record kind is one new module here that calls `register_kind(...)`, plus o
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from alignkit.data.encode import EncodeSettings
+from alignkit.data.sources import read_raw
+from alignkit.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,6 @@ def _load() -> None:
 def get_kind(name: str) -> RecordKind:
     _load()
     if name not in _KINDS:
-        from alignkit.errors import DataError
-
         raise DataError(f"unknown record kind {name!r}; kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[name]
 
@@ -65,3 +71,97 @@ def get_kind(name: str) -> RecordKind:
 def all_kinds() -> list[RecordKind]:
     _load()
     return list(_KINDS.values())
+
+
+# --------------------------------------------------------------------------------- records of a kind
+def normalize_row(row: dict, kind: str, where: str) -> dict:
+    """Validate one row of `kind` and return it in canonical form; raise DataError naming `where` and the field."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    return get_kind(kind).normalize(row, where)
+
+
+@dataclass
+class LoadedData:
+    rows: list[dict]
+    origin: str  # human-readable description of the source
+    skipped: int = 0  # bad rows skipped under on_bad_row: skip
+
+
+def load_records(spec: str, split: str, kind: str, *, on_bad_row: str = "error", limit: int | None = None,
+                 seed: int = 0, hub_config: str | None = None, keep_labels: tuple[bool, ...] = (True, False)
+                 ) -> LoadedData:
+    """Validated records of `kind`. `limit` counts records kept; `keep_labels` drops unpaired records of a side."""
+    record_kind = get_kind(kind)
+    raw, origin = read_raw(spec, split, seed, hub_config)
+    rows, skipped = [], 0
+    for index, row in enumerate(raw):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            where = f"{origin} row {index}"
+            # rows of another shape the kind also takes (preference pairs for unpaired objectives)
+            expanded = record_kind.expand(row, where) if record_kind.expand and isinstance(row, dict) else None
+            records = [normalize_row(r, kind, where) for r in (expanded if expanded is not None else [row])]
+            rows.extend(r for r in records if kind != "unpaired" or r["label"] in keep_labels)
+        except DataError as exc:
+            if on_bad_row == "error":
+                raise DataError(f"{exc} (set data.on_bad_row: skip to skip bad rows)") from None
+            skipped += 1
+            if skipped <= 3:
+                log.warning("skipping bad row: %s", exc)
+        if limit is not None and len(rows) >= limit:
+            rows = rows[:limit]
+            break
+    if skipped:
+        log.warning("skipped %d bad row(s) of %s", skipped, origin)
+    if not rows:
+        raise DataError(f"{origin}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
+    return LoadedData(rows, origin, skipped)
+
+
+def row_kinds(row) -> list[str]:
+    """The record kinds a raw row is valid as (directly, or through a kind's `expand`)."""
+    kinds = []
+    for kind in all_kinds():
+        try:
+            kind.normalize(row, "row")
+            kinds.append(kind.name)
+        except DataError:
+            try:
+                if kind.expand is not None and kind.expand(row, "row") is not None:
+                    kinds.append(kind.name)
+            except DataError:
+                pass
+    return kinds
+
+
+
+def kind_mismatch(spec: str, split: str, kind: str, *, seed: int = 0, hub_config: str | None = None,
+                  sample: int = 5) -> tuple[str, list[str], str] | None:
+    """None when the first `sample` rows of a source include a valid `kind` record (bad rows of the right kind get
+    their own row-level message from load_records); else (origin, the kinds its first row is, its fields).
+    A hub dataset is read whole: validation-only callers skip hub sources (is_hub_source)."""
+    raw, origin = read_raw(spec, split, seed, hub_config)
+    rows = [r for r in raw[:sample] if isinstance(r, dict)]
+    if not rows or any(kind in row_kinds(r) for r in rows):
+        return None
+    return origin, row_kinds(rows[0]), ", ".join(list(rows[0])[:8])
+
+
+
+def encode_rows(tokenizer, rows: list[dict], kind: str, s: EncodeSettings, origin: str = "") -> tuple[list, int]:
+    """Encode every row with its kind's encoder (alignkit/kinds/); returns the examples and how many were truncated."""
+    encode = get_kind(kind).encode
+    encoded, truncated = [], 0
+    for index, row in enumerate(rows):
+        try:
+            example = encode(tokenizer, row, s)
+        except DataError as exc:
+            raise DataError(f"{origin} row {index}: {exc}") from None
+        example["index"] = index
+        truncated += example.pop("truncated")
+        encoded.append(example)
+    return encoded, truncated
+
+

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from alignkit.config.loader import dump_recipe
 from alignkit.config.schema import Recipe
-from alignkit.data.encode import EncodeSettings, encode_rows
-from alignkit.data.sources import behaviour_scorer, load_records
+from alignkit.data.encode import EncodeSettings
+from alignkit.data.sources import behaviour_scorer
+from alignkit.kinds import encode_rows, load_records
 from alignkit.models.loading import check_model_source, load_tokenizer, resolve_model_path
 from alignkit.objectives import get_objective
 from alignkit.rundir import RunDirectory
@@ -42,9 +43,9 @@ def provenance() -> dict:
 def check_data_kinds(recipe: Recipe, read_hub: bool = True) -> None:
     """Each data source of the recipe holds the record kind its objective consumes (judged from its first rows),
     else one DataError that says which kind each side has and which objectives fit the data."""
-    from alignkit.data.sources import is_hub_source, kind_mismatch
+    from alignkit.data.sources import is_hub_source
     from alignkit.errors import DataError
-    from alignkit.kinds import get_kind
+    from alignkit.kinds import get_kind, kind_mismatch
     from alignkit.objectives.registry import objectives_for_kinds
 
     objective = get_objective(recipe.objective.name)

@@ -33,7 +33,7 @@ def learn_data(recipe: Recipe, role: str) -> Path:
     retain_split, first data.retain_size items) for the retain model, the forget set plus that retain set for the
     target model (as TOFU's `full` = forget + retain). The unlearning stage's retain batches come from the same
     items, so the retain data it protects is data the target has learned."""
-    from alignkit.data.sources import load_records
+    from alignkit.kinds import load_records
 
     d = recipe.data
     rows = load_records(d.retain, d.retain_split, "forget", seed=d.seed, hub_config=d.hub_config,
@@ -94,8 +94,8 @@ def _learned(recipe: Recipe) -> Path:
 def evaluation_sets(recipe: Recipe) -> dict[str, list[dict]]:
     """The suite's sets, read in the driver: those of `eval.suite` when the recipe names one (evals/unlearning*.yaml),
     else forget (data.train_split), retain (data.retain_split), holdout and forget_text from the recipe's sources."""
-    from alignkit.data.sources import load_records
     from alignkit.errors import DataError
+    from alignkit.kinds import load_records
 
     d, u = recipe.data, recipe.unlearn
     if recipe.eval.suite:
@@ -203,9 +203,10 @@ def relearn_split(forget: list[dict]) -> tuple[list[dict], list[dict], str]:
 def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) -> tuple[dict, dict, str]:
     """Relearning attack: SFT on the forget items of half of the forget authors (or items), then the suite on the
     other half. Runs in this process (a few steps of a small model)."""
-    from alignkit.data.encode import EncodeSettings, encode_rows
+    from alignkit.data.encode import EncodeSettings
     from alignkit.engine.loop import TrainData, train
     from alignkit.evaluation.unlearning import evaluate_model
+    from alignkit.kinds import encode_rows
 
     known, held, how = relearn_split(sets["forget"])
     d = recipe.data
@@ -227,22 +228,6 @@ def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) 
 
 
 # ----------------------------------------------------------------------------------------------------- report
-REPORT_KEYS = ("forget/rouge", "forget/fact", "forget/prob", "forget/truth_ratio", "forget/knowmem", "forget_quality",
-               "verbmem", "mia/mink", "mia/minkpp", "mia/loss", "mia/zlib", "privleak", "retain/rouge", "retain/fact",
-               "retain/prob", "retain/truth_ratio", "utility")
-
-
-def results_table(rows: dict[str, dict]) -> str:
-    names = list(rows)
-    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    extra = sorted({k for m in rows.values() for k in m} - set(REPORT_KEYS))
-    for key in (*REPORT_KEYS, *extra):
-        if any(key in rows[n] for n in names):
-            cells = [f"{rows[n][key]:.3g}" if key in rows[n] else "—" for n in names]
-            lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def plumbing_caveat(rows: dict[str, dict], learned: float = 0.5) -> str | None:
     """A warning for the report when the numbers cannot mean anything: the target model never learned the forget
     set (e.g. the random-weight tiny-llama of the debug recipes), so there is nothing to unlearn."""
@@ -296,6 +281,7 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
 
     from alignkit.distributed.ray_train import ensure_ray
     from alignkit.evaluation.report import write_report
+    from alignkit.evaluation.unlearning import results_table
     from alignkit.models.loading import check_model_source
 
     run_started = time.perf_counter()  # the one clock of the run's "total wall time"

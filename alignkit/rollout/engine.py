@@ -164,7 +164,7 @@ class RolloutPool:
     def __init__(self, model_path: str, cfg, dtype: str = "float32", seed: int = 0):
         import ray
 
-        from alignkit.distributed.ray_train import ensure_ray
+        from alignkit.ray_session import ensure_ray
 
         ensure_ray()
         from ray.util.placement_group import placement_group, remove_placement_group

@@ -9,8 +9,9 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from alignkit.data.encode import EncodeSettings, encode_rows
+from alignkit.data.encode import EncodeSettings
 from alignkit.errors import DataError
+from alignkit.kinds import encode_rows
 from alignkit.rollout.builders import make_row_builder
 from alignkit.rollout.feedback import make_provider
 from alignkit.rollout.types import SamplingParams

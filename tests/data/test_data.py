@@ -4,9 +4,9 @@ import json
 import pytest
 
 from alignkit.data.builtin import concise_arithmetic, score_completion
-from alignkit.data.encode import IGNORE, EncodeSettings, encode_rows
-from alignkit.data.sources import load_records
+from alignkit.data.encode import IGNORE, EncodeSettings
 from alignkit.errors import DataError
+from alignkit.kinds import encode_rows, load_records
 from alignkit.kinds.pairs import collate as collate_pairs
 from alignkit.kinds.pairs import encode as encode_pair
 

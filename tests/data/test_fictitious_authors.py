@@ -1,6 +1,6 @@
 """The built-in unlearning benchmark: deterministic, disjoint splits, TOFU fields."""
 from alignkit.data.fictitious_authors import fictitious_authors, splits
-from alignkit.data.sources import load_records
+from alignkit.kinds import load_records
 
 
 def test_splits_partition_the_authors():

@@ -2,11 +2,10 @@
 import pytest
 
 from alignkit.data.builtin import spurious_length
-from alignkit.data.encode import EncodeSettings, encode_rows
-from alignkit.data.records import normalize_row
-from alignkit.data.sources import load_records
+from alignkit.data.encode import EncodeSettings
 from alignkit.data.spurious import Binning, assign_bins, attribute_values, fit_binning
 from alignkit.errors import DataError
+from alignkit.kinds import encode_rows, load_records, normalize_row
 from alignkit.kinds.reward_pairs import collate as collate_reward_pairs
 
 PAIR = {"prompt": "Which is larger, 3 or 5?", "chosen": "5.", "rejected": "3."}

@@ -25,9 +25,14 @@ CASES = {
 
 def losses(name: str, out: Path) -> list[float]:
     from alignkit.config import recipe_from_dict
-    from alignkit.data.encode import EncodeSettings, encode_rows
-    from alignkit.data.sources import load_records
+    from alignkit.data.encode import EncodeSettings
+    try:
+        from alignkit.kinds import encode_rows, load_records
+    except ImportError:  # the code before record kinds became modules (where the losses were recorded)
+        from alignkit.data.encode import encode_rows
+        from alignkit.data.sources import load_records
     from alignkit.engine.loop import TrainData, train
+    from alignkit.kinds import encode_rows, load_records
     from alignkit.models.loading import load_tokenizer
 
     kind, source, split, objective, extra = CASES[name]

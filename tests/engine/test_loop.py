@@ -47,7 +47,8 @@ def _recipe(tmp_path, **trainer):
 @pytest.fixture(scope="module")
 def tiny_data(tokenizer):
     from alignkit.data.builtin import concise_arithmetic
-    from alignkit.data.encode import EncodeSettings, encode_rows
+    from alignkit.data.encode import EncodeSettings
+    from alignkit.kinds import encode_rows
 
     s = EncodeSettings(max_length=96, max_prompt_length=64)
     train_rows, _ = encode_rows(tokenizer, concise_arithmetic("train")[:32], "pairs", s)
@@ -157,8 +158,8 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path, tiny_data):
 
 def test_pmpo_live_reference_end_to_end(tmp_path, tokenizer):
     """PMPO through the loop: unpaired data from pairs, live reference, exact KL starts at 0 and grows."""
-    from alignkit.data.encode import EncodeSettings, encode_rows
-    from alignkit.data.sources import load_records
+    from alignkit.data.encode import EncodeSettings
+    from alignkit.kinds import encode_rows, load_records
 
     s = EncodeSettings(max_length=96, max_prompt_length=64)
     train_rows, _ = encode_rows(tokenizer, load_records("builtin:concise_arithmetic", "train", "unpaired",

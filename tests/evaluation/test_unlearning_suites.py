@@ -114,7 +114,7 @@ def test_hub_config_is_read_from_the_source_name(monkeypatch):
         return Fake()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    from alignkit.data.sources import load_records
+    from alignkit.kinds import load_records
 
     load_records("locuslab/TOFU:forget10", "train", "forget")
     assert seen == {"name": "locuslab/TOFU", "config": "forget10", "split": "train"}

@@ -2,7 +2,8 @@
 own sequence-classification forward (what TRL and other consumers of the exported model call)."""
 import torch
 
-from alignkit.data.encode import EncodeSettings, encode_rows
+from alignkit.data.encode import EncodeSettings
+from alignkit.kinds import encode_rows
 from alignkit.kinds.reward_pairs import collate as collate_reward_pairs
 from alignkit.models.loading import load_reward_model
 from alignkit.models.logps import forward_rewards, last_token_index

@@ -93,7 +93,8 @@ def test_parity_with_trl_dpo_trainer(tiny_model_dir, tokenizer, loss_type, eps):
     from trl.trainer.dpo_trainer import DPOTrainer, add_fused_lm_head
 
     from alignkit.data.builtin import concise_arithmetic
-    from alignkit.data.encode import EncodeSettings, encode_rows
+    from alignkit.data.encode import EncodeSettings
+    from alignkit.kinds import encode_rows
     from alignkit.kinds.pairs import collate as collate_pairs
     from alignkit.models.logps import sequence_logps
 

@@ -151,31 +151,19 @@ def test_vllm_engines_as_ray_actors_with_the_trainer_pushing_weights(tmp_path, v
         ray.shutdown()
 
 
-def test_online_loop_with_vllm_engines_and_trainer_push(tmp_path, vllm_tiny_dir):
-    """Two rounds of the online loop with a vLLM engine actor: each round's Ray Train rank 0 pushes its weights
-    through the gloo transfer group, and the next round generates with them."""
+def test_online_rounds_with_a_vllm_engine_and_trainer_push(tmp_path, vllm_tiny_dir):
+    """Two online rounds on the persistent trainer with a vLLM engine actor: after each round, Ray Train rank 0
+    pushes its weights through the gloo transfer group (rollout.weight_sync: auto = collective for vLLM), and the
+    next round generates with them."""
     import json
 
-    import ray
+    from tests.e2e.test_cli import launch
 
-    from alignkit.config.loader import recipe_from_dict, recipe_to_dict
-    from alignkit.rollout.feedback import ExactAnswer
-    from alignkit.rollout.online import OnlineSettings, run_online, sft_on_accepted
-    from tests.rollout.test_online import ROWS, _recipe
-
-    raw = recipe_to_dict(_recipe(tmp_path))  # the HF-engine online test's recipe, with a vLLM engine
-    raw["model"]["path"] = vllm_tiny_dir
-    raw["rollout"] = {"backend": "vllm", "num_engines": 1, "cpus_per_engine": 1, "gpu_memory_utilization": 0.2}
-    recipe = recipe_from_dict(raw)
-    rows = ROWS[:8]
-    settings = OnlineSettings(rounds=2, prompts_per_round=4, steps_per_round=1,
-                              sampling=SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=1))
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    try:
-        results = run_online(recipe, rows, ExactAnswer(), sft_on_accepted(0.0), settings, tmp_path / "loop")
-    finally:
-        ray.shutdown()
-    assert [r["sync_via"] for r in results] == ["trainer rank 0"] * 2
-    assert all(r["completions"] == 8 and r["train_rows"] == 8 for r in results)
-    pushed = json.loads((tmp_path / "loop" / "round_1" / "train" / "weight_sync.json").read_text())
-    assert pushed["version"] == 2 and pushed["bytes"] > 0
+    out = tmp_path / "run"
+    proc = launch("recipes/online/tiny_debug.yaml", f"model.path={vllm_tiny_dir}", "rollout.backend=vllm",
+                  "rollout.gpu_memory_utilization=0.2", f"run.output_dir={out}", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["online/weights_version"] for r in records if "online/weights_version" in r] == [1, 2]
+    assert [r["online/round"] for r in records if "online/round" in r] == [0, 1]
+    assert "weights by collective" in (out / "report.md").read_text()

@@ -1,5 +1,7 @@
-"""The online loop: generate with the current policy -> score / critique -> train K steps in the Ray Train workers ->
-push the new weights to the engines -> repeat. Every round writes <out>/round_<r>/ (its data, its training run, a
+"""The relaunch-per-round online loop: the design alignkit's persistent online trainer (pipelines/online.py)
+replaced, kept here as the baseline of bench/online.py. Generate with the current policy -> score -> train K steps
+in a *new* Ray Train run -> push the new weights to the engines -> repeat. Every round writes <out>/round_<r>/ (its
+data, its training run, a
 `done.json` with the round's metrics); a loop that dies in round r resumes at round r from round r-1's model.
 
     results = run_online(recipe, prompt_rows, ExactAnswer(), sft_on_accepted(min_score=1.0),
