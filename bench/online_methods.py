@@ -1,0 +1,66 @@
+"""The three online methods on the persistent trainer (rejection sampling, online DPO, online PMPO; SmolLM2-135M,
+exact-answer verifier on the built-in arithmetic prompts) against the offline quickstart DPO at an equal number of
+training examples; one command, one table.
+
+    python bench/online_methods.py [--only NAME ...] [--table-only] [extra a.b=c overrides for every run]
+
+Online: 8 rounds x 2 optimizer steps x global batch 8 = 128 training examples (rows generated from 16 prompts x 4
+samples per round). Offline DPO: 16 steps x global batch 8 = 128 pairs of the fixed data set. Held-out: greedy
+answers to the 64 test prompts, scored by the data set's checker (format: "The answer is N."; correct: and N is
+right). Each run is a normal `launch.py` run in runs/online_methods/<name>.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import _runs  # bench/_runs.py: the shared run loop
+
+RUNS = {
+    "offline DPO (quickstart, 128 pairs)": ("recipes/quickstart.yaml", ["trainer.max_steps=16",
+                                                                        "trainer.eval_every=8"]),
+    "online rejection sampling": ("recipes/online/rejection_sampling_builtin.yaml", []),
+    "online DPO (best vs worst of 4)": ("recipes/online/dpo_builtin.yaml", []),
+    "online PMPO (verifier accept/reject)": ("recipes/online/pmpo_builtin.yaml", []),
+}
+
+
+def _offline(run_dir: Path) -> dict:
+    b = json.loads((run_dir / "behaviour.json").read_text())
+    return {"start": b["start"]["metrics"], "end": b["final"]["metrics"], "rows": 128}
+
+
+def _online(run_dir: Path) -> dict:
+    rounds = json.loads((run_dir / "rounds.json").read_text())
+    evals = [r for r in rounds if "online/eval_format" in r]
+    return {"end": {"gen/format": evals[-1]["online/eval_format"], "gen/correct": evals[-1]["online/eval_correct"]},
+            "curve": [(r["round"], r["online/eval_format"], r["online/eval_correct"]) for r in evals],
+            "score": [round(r.get("online/mean_score", float("nan")), 2) for r in rounds],
+            "rows": sum(r.get("online/rows", 0) for r in rounds)}
+
+
+def table(root: Path) -> str:
+    lines = ["| run | held-out format | held-out correct | rollout mean score by round | rows generated | wall s |",
+             "|---|---|---|---|---|---|"]
+    for name in RUNS:
+        d = root / _runs.slug(name)
+        if not (d / "report.md").exists():
+            continue
+        m = _offline(d) if (d / "behaviour.json").exists() else _online(d)
+        start = f"{m['start']['gen/format']:.2f} → " if "start" in m else ""
+        startc = f"{m['start']['gen/correct']:.2f} → " if "start" in m else ""
+        wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
+        lines.append(f"| {name} | {start}{m['end']['gen/format']:.2f} | {startc}{m['end']['gen/correct']:.2f} | "
+                     f"{' '.join(str(s) for s in m.get('score', [])) or '—'} | {m['rows']} | {wall} |")
+    curves = []
+    for name in RUNS:
+        d = root / _runs.slug(name)
+        if (d / "rounds.json").exists():
+            curve = _online(d)["curve"]
+            curves.append(f"- {name}: held-out (format, correct) after round " + ", ".join(
+                f"{r}: ({f:.2f}, {c:.2f})" for r, f, c in curve))
+    return "\n".join(lines + [""] + curves)
+
+
+if __name__ == "__main__":
+    _runs.main(__doc__, "runs/online_methods", RUNS, table)
