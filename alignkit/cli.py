@@ -30,14 +30,21 @@ def main(argv: list[str] | None = None) -> int:
             # what can be checked without loading weights or reading a hub dataset: model path, data record kinds
             from alignkit.models.loading import check_model_source
             from alignkit.pipelines.preference import check_data_kinds
+            from alignkit.rundir import RunDirectory
 
             check_model_source(recipe.model.path, build=False)
             if recipe.online.rounds > 0:
-                from alignkit.pipelines.online import validate
+                from alignkit.pipelines.online import validate, with_online_steps
 
+                recipe = with_online_steps(recipe)
                 validate(recipe, read_hub=False)
             else:
                 check_data_kinds(recipe, read_hub=False)
+            if not args.sweep:  # the run directory the run would write (a sweep writes <name>-sweep/)
+                try:
+                    RunDirectory.of(recipe).refuse_if_taken()
+                except AlignkitError as exc:  # valid recipe; said so the user is not surprised by the real run
+                    print(f"warning: the run would stop: {exc}", file=sys.stderr)
             sys.stdout.write(dump_recipe(recipe))
             print(f"# global batch = {recipe.trainer.micro_batch_size} x {recipe.trainer.grad_accum} x "
                   f"{recipe.cluster.num_workers} = {recipe.global_batch_size}; output: {recipe.output_dir}")

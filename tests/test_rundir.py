@@ -2,7 +2,7 @@
 import pytest
 
 from alignkit.errors import AlignkitError, DataError, RecipeError
-from alignkit.rundir import RunDirectory, refuse_existing_run, run_directory
+from alignkit.rundir import HOLD, RunDirectory, run_directory
 
 
 def _earlier_run(out):
@@ -21,17 +21,43 @@ def _files(out):
 
 def test_an_earlier_run_is_refused_without_overwrite(tmp_path):
     before = _earlier_run(tmp_path / "run")
-    with pytest.raises(RecipeError, match="already holds a finished run .*run.overwrite=true.*run.resume=auto"):
-        refuse_existing_run(tmp_path / "run", overwrite=False, resume=False)
-    refuse_existing_run(tmp_path / "run", overwrite=True, resume=False)  # asked for: no error
-    refuse_existing_run(tmp_path / "run", overwrite=False, resume=True)
-    refuse_existing_run(tmp_path / "new", overwrite=False, resume=False)  # nothing there
+    with pytest.raises(RecipeError, match="already holds a finished run .*set run.overwrite=true"):
+        RunDirectory(tmp_path / "run", overwrite=False, resume=False).refuse_if_taken()
+    RunDirectory(tmp_path / "run", overwrite=True, resume=False).refuse_if_taken()  # asked for: no error
+    RunDirectory(tmp_path / "run", overwrite=False, resume=True).refuse_if_taken()  # a checkpoint to continue
+    RunDirectory(tmp_path / "new", overwrite=False, resume=False).refuse_if_taken()  # nothing there
     assert _files(tmp_path / "run") == before
+
+
+def test_resume_without_a_checkpoint_is_refused_not_a_fresh_run_over_the_old_one(tmp_path):
+    """run.resume=auto on a run that wrote no checkpoints would start fresh in place: refused instead."""
+    from alignkit.config import recipe_from_dict
+
+    before = _earlier_run(tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "ckpt").unlink()
+    recipe = recipe_from_dict({"run": {"name": "x", "output_dir": str(tmp_path / "run"), "resume": "auto"},
+                               "data": {"train": "builtin:concise_arithmetic"}, "objective": {"name": "sft"}})
+    with pytest.raises(RecipeError, match="no checkpoint of this run to continue"):
+        RunDirectory.of(recipe).refuse_if_taken()
+    (tmp_path / "run" / "checkpoints" / "x-20260101-000000" / "step_000002").mkdir(parents=True)
+    RunDirectory.of(recipe).refuse_if_taken()  # now there is one: resume in place
+    assert _files(tmp_path / "run") == {k: v for k, v in before.items() if k.parts[0] != "checkpoints"}
+
+
+def test_an_interrupted_replacement_is_never_deleted(tmp_path):
+    """A replacement killed hard leaves the earlier run in .replaced/: the next overwrite must not delete it."""
+    out = tmp_path / "run"
+    _earlier_run(out)
+    RunDirectory(out, overwrite=True, resume=False).claim()  # ... and the process dies here
+    held = _files(out / HOLD)
+    with pytest.raises(AlignkitError, match="replacement was interrupted"):
+        RunDirectory(out, overwrite=True, resume=False).claim()
+    assert _files(out / HOLD) == held
 
 
 def test_only_checkpoints_is_not_a_run(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    refuse_existing_run(tmp_path / "run", overwrite=False, resume=False)
+    RunDirectory(tmp_path / "run", overwrite=False, resume=False).refuse_if_taken()
 
 
 @pytest.mark.parametrize("error", [DataError("bad row"), RuntimeError("worker died"), KeyboardInterrupt()])
@@ -39,7 +65,7 @@ def test_a_failed_replacement_restores_the_earlier_run(tmp_path, error):
     out = tmp_path / "run"
     before = _earlier_run(out)
     with pytest.raises(type(error)) as raised:
-        with run_directory(out, overwrite=True, resume=False) as directory:
+        with run_directory(RunDirectory(out, overwrite=True, resume=False)) as directory:
             directory.claim()
             assert not (out / "report.md").exists()  # set aside while the new run runs
             (out / "metrics.jsonl").write_text('{"step": 1, "new": true}\n')
@@ -53,7 +79,7 @@ def test_a_failed_replacement_restores_the_earlier_run(tmp_path, error):
 def test_a_successful_replacement_removes_the_earlier_run(tmp_path):
     out = tmp_path / "run"
     _earlier_run(out)
-    with run_directory(out, overwrite=True, resume=False) as directory:
+    with run_directory(RunDirectory(out, overwrite=True, resume=False)) as directory:
         directory.claim()
         (out / "report.md").write_text("# new\n")
     assert (out / "report.md").read_text() == "# new\n"
@@ -65,7 +91,7 @@ def test_a_failure_before_the_claim_touches_nothing(tmp_path):
     out = tmp_path / "run"
     before = _earlier_run(out)
     with pytest.raises(DataError):
-        with run_directory(out, overwrite=True, resume=False):
+        with run_directory(RunDirectory(out, overwrite=True, resume=False)):
             raise DataError("validation failed")
     assert _files(out) == before
 

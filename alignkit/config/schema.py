@@ -209,7 +209,7 @@ class OnlineConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
-    # exact_answer {answer_field} | format {pattern, description, max_words} | reward_model {model} |
+    # exact_answer {answer_field} | format {pattern, description, max_words} | reward_model {model_dir} |
     # llm_judge {max_tokens}: see alignkit/rollout/feedback.py
     feedback: str = "exact_answer"
     feedback_params: dict[str, Any] = field(default_factory=dict)
@@ -218,8 +218,8 @@ class OnlineConfig:
     rows: str = "auto"
     rows_params: dict[str, Any] = field(default_factory=dict)
     # A round with fewer rows than one global batch: accumulate = generate the next prompts too, until there are
-    # enough (at most `max_extra_rounds` times; an empty round is logged and counted); resample = draw the batch's
-    # rows with replacement from the few there are (an empty round still generates more).
+    # enough (at most `max_extra_rounds` times; an empty round is logged and counted); resample = read the few rows
+    # there are again, in a new seeded order each pass (an empty round still generates more).
     few_rows: Literal["accumulate", "resample"] = "accumulate"
     max_extra_rounds: int = 4
     eval_every: int = 1  # rounds between held-out evaluations (greedy generations scored by the same provider)

@@ -109,6 +109,17 @@ def _online_source(recipe: Recipe, payload: dict):
                         max_extra_rounds=o.max_extra_rounds, eval_every=o.eval_every)
 
 
+def collective_timeout_s(recipe: Recipe) -> int:
+    """How long a rank may wait in a collective (the process group's timeout). Online runs: ranks > 0 wait in the
+    rows broadcast while rank 0 makes a round and pushes, so the bound is every engine call a round may make, each
+    limited by rollout.sync_timeout_s: generate + score per generation (1 + max_extra_rounds of them), then push and
+    held-out evaluation."""
+    o = recipe.online
+    if o.rounds <= 0:
+        return 1800  # Ray Train's default
+    return int(max(1800, recipe.rollout.sync_timeout_s * (2 * (1 + o.max_extra_rounds) + 3)))
+
+
 def _experiment_name(recipe: Recipe, storage: Path) -> str:
     """resume: auto continues the newest earlier attempt of this run name (Ray Train restores its checkpoints from
     the snapshot in that folder); otherwise a new, timestamped folder so old checkpoints are kept but not used."""
@@ -127,7 +138,7 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
     `weight_sink`: rank 0 sends the final weights through it (to rollout engines) and writes weight_sync.json."""
     import ray
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray()
     c, t = recipe.cluster, recipe.trainer
@@ -141,6 +152,7 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
         train_loop_config={"recipe": recipe_to_dict(recipe), "source": recipe.source,
                            "data_ref": ray.put(encoded), "output_dir": str(output_dir), "weight_sink": weight_sink},
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(timeout_s=collective_timeout_s(recipe)),
         run_config=RunConfig(
             name=_experiment_name(recipe, Path(storage)) if isinstance(storage, Path) else recipe.run.name,
             storage_path=str(storage),

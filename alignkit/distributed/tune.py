@@ -18,7 +18,7 @@ from pathlib import Path
 from alignkit.config.loader import dump_recipe, recipe_from_dict, recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.errors import AlignkitError, RecipeError
-from alignkit.rundir import run_directory
+from alignkit.rundir import RunDirectory, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def run_sweep(recipe: Recipe, run) -> Path:
         raise RecipeError("sweep.scheduler: asha needs trainer.eval_every > 0 (ASHA decides at evaluations)")
     sweep_dir = Path(recipe.output_dir).resolve().with_name(Path(recipe.output_dir).name + "-sweep")
     # an earlier sweep of this name is refused, or with run.overwrite replaced once this one has finished
-    with run_directory(sweep_dir, recipe.run.overwrite, resume=False) as directory:
+    with run_directory(RunDirectory(sweep_dir, recipe.run.overwrite, resume=False)) as directory:
         directory.claim()
         return _run_tuner(recipe, sweep_dir, run)
 

@@ -183,7 +183,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         start_step, tokens_seen = load_state(backend, Path(hooks.resume_dir), rank)
         source_file = Path(hooks.resume_dir) / "source_state.pt"
         if source_file.exists():
-            source.load_state(torch.load(source_file, weights_only=False), backend)
+            source.load_state(torch.load(source_file, weights_only=False), backend, start_step)
         if rank == 0:
             _truncate_metrics(output_dir / "metrics.jsonl", start_step)
         log.info("resumed from %s at step %d", hooks.resume_dir, start_step)
@@ -258,7 +258,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
             last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys)
             record.update(last_eval)
-        if (step + 1) % t.log_every == 0 or is_last or any(k.startswith(("eval/", "online/")) for k in record):
+        online = hasattr(source, "round_metrics")  # every step of an online run is logged: rounds add them up
+        if online or (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):
             writer.write(record)
         if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
             checkpoint(step + 1, {**record, **last_eval})

@@ -71,7 +71,7 @@ class StaticSource:
     def state(self) -> dict:
         return {}
 
-    def load_state(self, state: dict, backend) -> None:
+    def load_state(self, state: dict, backend, step: int) -> None:
         pass
 
 
@@ -153,7 +153,7 @@ class OnlineSource:
     def after_step(self, step: int, backend) -> dict:
         """After the round's last step: push the weights to the engines (all ranks take part in gathering them),
         then evaluate every `eval_every` rounds."""
-        if step % self.steps_per_round:
+        if step % self.steps_per_round or not self.rows:  # an empty round changed no weight: nothing to push
             return {}
         rank, _ = rank_world()
         start = time.perf_counter()
@@ -173,25 +173,29 @@ class OnlineSource:
         return {"round": self.round, "generation": self.generation, "rows": self.rows,
                 "empty_rounds": self.empty_rounds}
 
-    def load_state(self, state: dict, backend) -> None:
-        """Continue mid-round with the checkpoint's rows (not regenerated) and give the engines the checkpoint's
-        weights: they may hold later weights (a run that went on after this checkpoint) or the starting ones."""
+    def load_state(self, state: dict, backend, step: int) -> None:
+        """Continue with the checkpoint's rows (not regenerated). Resuming at a round boundary, the next step
+        generates: the engines first get the checkpoint's weights (they may hold later ones, or the starting ones).
+        Mid-round the round-end push comes before any generation (and colocated engines stay asleep)."""
         self.round, self.generation = state["round"], state["generation"]
         self.rows, self.empty_rounds = state["rows"], state["empty_rounds"]
-        weights = backend.state_dict_for_export()
-        if rank_world()[0] == 0:
-            self.push(weights)
+        if step % self.steps_per_round == 0:
+            weights = backend.state_dict_for_export()  # collective under ZeRO-3: every rank (all know `step`)
+            if rank_world()[0] == 0:
+                self.push(weights)
+
+
+SUMMED = ("online/completions", "online/scored", "online/generated_tokens", "online/dropped_rows", "time/generate_s",
+          "time/score_s")
 
 
 def _merge_round_metrics(a: dict, b: dict) -> dict:
-    """Two generations' metrics as one round's: counts and seconds add, means are weighted by completions."""
-    out = dict(a)
-    na, nb = a.get("online/completions", 0), b.get("online/completions", 0)
-    for key, value in b.items():
-        if key.endswith("_s") or key in ("online/completions", "online/scored", "online/generated_tokens"):
-            out[key] = out.get(key, 0) + value
-        elif key.startswith("online/mean_") and na + nb:
-            out[key] = (a.get(key, 0.0) * na + value * nb) / (na + nb)
-        else:
-            out[key] = value
+    """Two generations' metrics as one round's: counts and seconds add, the mean score is weighted by the scored
+    completions of each, the token rate is recomputed from the sums."""
+    out = {**a, **b, **{k: a.get(k, 0) + b.get(k, 0) for k in SUMMED if k in a or k in b}}
+    scored = [(m["online/mean_score"], m["online/scored"]) for m in (a, b) if "online/mean_score" in m]
+    if scored:
+        out["online/mean_score"] = sum(s * n for s, n in scored) / max(1, sum(n for _, n in scored))
+    if out.get("time/generate_s"):
+        out["online/generated_tokens_per_s"] = out.get("online/generated_tokens", 0) / out["time/generate_s"]
     return out

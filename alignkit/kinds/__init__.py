@@ -136,7 +136,6 @@ def row_kinds(row) -> list[str]:
     return kinds
 
 
-
 def kind_mismatch(spec: str, split: str, kind: str, *, seed: int = 0, hub_config: str | None = None,
                   sample: int = 5) -> tuple[str, list[str], str] | None:
     """None when the first `sample` rows of a source include a valid `kind` record (bad rows of the right kind get
@@ -147,7 +146,6 @@ def kind_mismatch(spec: str, split: str, kind: str, *, seed: int = 0, hub_config
     if not rows or any(kind in row_kinds(r) for r in rows):
         return None
     return origin, row_kinds(rows[0]), ", ".join(list(rows[0])[:8])
-
 
 
 def encode_rows(tokenizer, rows: list[dict], kind: str, s: EncodeSettings, origin: str = "") -> tuple[list, int]:

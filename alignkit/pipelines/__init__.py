@@ -12,10 +12,10 @@ def run_pipeline(recipe) -> Path:
 
     from alignkit.kinds import get_kind
     from alignkit.objectives import get_objective
-    from alignkit.rundir import run_directory
+    from alignkit.rundir import RunDirectory, run_directory
 
     # the objective's record kind names its pipeline (alignkit/kinds/); online recipes have their own
     name = "online" if recipe.online.rounds > 0 else get_kind(get_objective(recipe.objective.name).kind).pipeline
     run = importlib.import_module(f"alignkit.pipelines.{name}").run
-    with run_directory(recipe.output_dir, recipe.run.overwrite, recipe.run.resume is not None) as run_dir:
+    with run_directory(RunDirectory.of(recipe)) as run_dir:
         return run(recipe, run_dir)

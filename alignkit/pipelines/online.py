@@ -74,7 +74,7 @@ def validate(recipe: Recipe, read_hub: bool = True) -> dict:
     return out
 
 
-def _with_steps(recipe: Recipe) -> Recipe:
+def with_online_steps(recipe: Recipe) -> Recipe:
     """trainer.max_steps of an online run is online.rounds x online.steps_per_round."""
     steps = recipe.online.rounds * recipe.online.steps_per_round
     if recipe.trainer.max_steps == steps:
@@ -92,13 +92,13 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     from alignkit.rollout.engine import RolloutPool
 
     started = time.perf_counter()
-    recipe = _with_steps(recipe)
+    recipe = with_online_steps(recipe)
     payload = validate(recipe)
     check_model_source(recipe.model.path)
     model_dir = resolve_model_path(recipe.model.path)
     pad_id = load_tokenizer(recipe.model.path).pad_token_id
     o = recipe.online
-    out = (run_dir or RunDirectory.of(recipe)).claim(stale=("report.md", "rounds.json"))
+    out = (run_dir or RunDirectory.of(recipe)).claim(stale=("report.md", "rounds.json"))  # (validated above)
     write_run_record(out, recipe)
 
     ensure_ray()

@@ -64,7 +64,8 @@ def check_data_kinds(recipe: Recipe, read_hub: bool = True) -> None:
         if found is None:
             continue
         origin, kinds, fields = found
-        has = f"`{kinds[0]}` records" if kinds else "rows of no record kind alignkit knows"
+        has = (f"records that fit the kinds {', '.join(f'`{k}`' for k in kinds)}" if len(kinds) > 1 else
+               f"`{kinds[0]}` records" if kinds else "rows of no record kind alignkit knows")
         hint = f"; objectives that take this data: {', '.join(objectives_for_kinds(kinds))}" if kinds else ""
         raise DataError(f"objective `{objective.name}` consumes `{kind}` records ({get_kind(kind).shape}), but {key} "
                         f"({origin}) holds {has} (fields: {fields}){hint}")
@@ -203,6 +204,10 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
     from alignkit.distributed.ray_train import ensure_ray, run_training
 
     started = time.perf_counter() if started is None else started
+    own = run_dir is None  # no pipeline context (a learn stage, a benchmark): commit or roll back here
+    run_dir = run_dir or RunDirectory.of(recipe)
+    if own:
+        run_dir.refuse_if_taken()
     t0 = time.perf_counter()
     check_model_source(recipe.model.path)
     model_dir = resolve_model_path(recipe.model.path)
@@ -217,12 +222,18 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
 
     # Validated: from here on the output directory is this run's (an earlier run is set aside, not deleted).
     # A resumed run keeps its metrics (the workers cut them back to the checkpoint's step) and exports.
-    out = (run_dir or RunDirectory.of(recipe)).claim(stale)
-    write_run_record(out, recipe)
-
-    ensure_ray()
-    t1 = time.perf_counter()
-    run_training(recipe, encoded, out, weight_sink=weight_sink)
+    out = run_dir.claim(stale)
+    try:
+        write_run_record(out, recipe)
+        ensure_ray()
+        t1 = time.perf_counter()
+        run_training(recipe, encoded, out, weight_sink=weight_sink)
+    except BaseException:
+        if own:
+            run_dir.rollback()
+        raise
+    if own:
+        run_dir.commit()
     return TrainedRun(out, model_dir, info, time.perf_counter() - t1, started)
 
 

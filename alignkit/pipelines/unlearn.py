@@ -194,8 +194,9 @@ def relearn_split(forget: list[dict]) -> tuple[list[dict], list[dict], str]:
                              f"measured on the other {len(authors) - len(first)} authors' {len(held)} items")
     if len(forget) >= 2:
         half = len(forget) // 2
+        how = "one author" if len(authors) < 2 else "items without an author field"
         return forget[:half], forget[half:], (f"trained on {half} forget items, measured on the other "
-                                              f"{len(forget) - half} items (one author: split by item)")
+                                              f"{len(forget) - half} items ({how}: split by item)")
     return forget, forget, ("trained and measured on the same single forget item (nothing to hold out): this row "
                             "measures relearning of seen items, not recovery of unseen ones")
 

@@ -31,6 +31,7 @@ class RoundMaker:
     seed: int = 0
     scorer: object = None  # the prompt set's behavioural checker (data/builtin.py), or None
     colocate: bool = False  # engines on the trainer's GPUs: asleep while the trainer trains, awake to take weights
+    _asleep: bool = field(default=False, repr=False)
     _provider: object = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
 
@@ -65,6 +66,7 @@ class RoundMaker:
         rows = self.prompts_of(generation)
         sampling = SamplingParams(n=o.samples_per_prompt, temperature=o.temperature, top_p=o.top_p,
                                   max_tokens=o.max_new_tokens, seed=self.seed * 1_000_003 + generation)
+        self._wake()  # colocated engines sleep while the trainer trains; a second generation of a round wakes them too
         start = time.perf_counter()
         completions = self.client.generate([r["prompt"] for r in rows], sampling)
         generate_s = time.perf_counter() - start
@@ -92,11 +94,18 @@ class RoundMaker:
                  len(encoded), generate_s, score_s)
         if self.colocate:  # (an LLM judge scored with the engines above; now the trainer needs their memory)
             self.client.sleep()
+            self._asleep = True
         return encoded, metrics
+
+    def _wake(self) -> None:
+        if self._asleep:
+            self.client.wake()
+            self._asleep = False
 
     def evaluate(self) -> dict:
         """Greedy generations on the held-out prompts with the engines' current (just pushed) weights."""
         rows = self.eval_rows
+        self._wake()
         completions = self.client.generate([r["prompt"] for r in rows],
                                            SamplingParams(temperature=0.0, max_tokens=self.online.max_new_tokens))
         texts = [c.text for c in sorted(completions, key=lambda c: c.prompt_index)]
@@ -113,6 +122,5 @@ class RoundMaker:
         return out
 
     def push(self, state: dict) -> dict:
-        if self.colocate:
-            self.client.wake()
+        self._wake()
         return self.client.update_weights(state)

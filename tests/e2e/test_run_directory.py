@@ -56,3 +56,19 @@ def test_crash_inside_training_restores_the_earlier_run(good_run, tmp_path):
     assert last.startswith("error: ") and f"the earlier run in {out} was restored unchanged" in last, last
     assert _files(out) == files
     assert not (out / ".replaced").exists()
+
+
+def test_dry_run_warns_that_the_run_would_be_refused(good_run):
+    out, files = good_run
+    proc = launch("recipes/dpo/tiny_debug.yaml", *FAST, f"run.output_dir={out}", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the run would stop:" in proc.stderr and "already holds a finished run" in proc.stderr
+    assert _files(out) == files
+
+
+def test_resume_without_checkpoints_is_refused(good_run):
+    """The good run wrote no checkpoints: run.resume=auto cannot continue it and must not start over in place."""
+    out, files = good_run
+    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", *FAST, f"run.output_dir={out}", "run.resume=auto"),
+                       "no checkpoint of this run to continue")
+    assert _files(out) == files

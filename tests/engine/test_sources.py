@@ -80,23 +80,55 @@ def test_each_rank_gets_its_share_without_duplicates_or_losses(monkeypatch):
     assert set(seen[0][0] + seen[1][0]) == set(seen[0][1] + seen[1][1])
 
 
+class _Backend:
+    def state_dict_for_export(self):
+        return {"w": torch.zeros(1)}
+
+
 def test_state_round_trip_continues_mid_round():
     source, calls = _source(lambda g: 8)
     first = [source.micro_batches(s, 0, 1) for s in range(3)]  # round 0, then round 1's first step
     state = source.state()
     resumed, calls_after = _source(lambda g: 99)  # would make other rows: must not be called mid-round
-
-    class Backend:
-        def state_dict_for_export(self):
-            return {"w": torch.zeros(1)}
-
     pushed = []
     resumed.push = lambda weights: pushed.append(weights) or {"version": 1}
-    resumed.load_state(state, Backend())
-    assert pushed  # the engines get the checkpoint's weights
+    resumed.load_state(state, _Backend(), 3)
+    assert not pushed  # mid-round: the round-end push comes before the engines generate again
     assert resumed.micro_batches(3, 0, 1) == source.micro_batches(3, 0, 1)
     assert calls_after == [] and first[2]
     assert resumed.generation == 2
+
+
+def test_resume_at_a_round_boundary_gives_the_engines_the_checkpoints_weights():
+    source, _ = _source(lambda g: 8)
+    for step in range(2):  # round 0 done; the next step generates round 1
+        source.micro_batches(step, 0, 1)
+    resumed, _ = _source(lambda g: 8)
+    pushed = []
+    resumed.push = lambda weights: pushed.append(weights) or {"version": 1}
+    resumed.load_state(source.state(), _Backend(), 2)
+    assert len(pushed) == 1
+
+
+def test_an_empty_round_pushes_nothing():
+    source, _ = _source(lambda g: 0, max_extra_rounds=0)
+    pushed = []
+    source.push = lambda weights: pushed.append(weights) or {"version": 1}
+    source.micro_batches(0, 0, 1)
+    assert source.after_step(2, _Backend()) == {} and not pushed
+
+
+def test_merged_generations_add_counts_and_recompute_rates():
+    from alignkit.engine.sources import _merge_round_metrics
+
+    a = {"online/completions": 4, "online/scored": 4, "online/mean_score": 1.0, "online/generated_tokens": 40,
+         "time/generate_s": 2.0, "online/generated_tokens_per_s": 20.0, "online/dropped_rows": 1}
+    b = {"online/completions": 4, "online/scored": 2, "online/mean_score": 0.0, "online/generated_tokens": 20,
+         "time/generate_s": 2.0, "online/generated_tokens_per_s": 10.0, "online/dropped_rows": 2}
+    m = _merge_round_metrics(a, b)
+    assert m["online/completions"] == 8 and m["online/dropped_rows"] == 3
+    assert m["online/mean_score"] == pytest.approx(4 / 6)  # weighted by the scored completions
+    assert m["online/generated_tokens_per_s"] == pytest.approx(15.0)  # 60 tokens in 4 s, not 20 + 10
 
 
 @pytest.mark.parametrize("step,pushes", [(1, False), (2, True)])
@@ -105,9 +137,6 @@ def test_weights_are_pushed_after_the_rounds_last_step(step, pushes):
     pushed = []
     source.push = lambda weights: pushed.append(weights) or {"version": len(pushed)}
 
-    class Backend:
-        def state_dict_for_export(self):
-            return {"w": torch.ones(1)}
-
-    metrics = source.after_step(step, Backend())
+    source.micro_batches(0, 0, 1)
+    metrics = source.after_step(step, _Backend())
     assert bool(pushed) == pushes and ("time/push_s" in metrics) == pushes
