@@ -135,3 +135,29 @@ def test_sweep_space_is_replaced_not_merged(recipe_dir):
         load_recipe(child, ["sweep.space={optim.lrr: {grid: [1, 2]}}"])
     with pytest.raises(RecipeError, match="loguniform"):
         load_recipe(child, ["sweep.space={optim.lr: {loguniform: [0, 1]}}"])
+
+
+def test_recipe_derive_validates_and_replaces_sections(recipe_dir):
+    recipe = load_recipe(recipe_dir / "base.yaml")
+    derived = recipe.derive({"trainer.max_steps": 7, "objective": {"name": "sft"}, "sweep": {}})
+    assert derived.trainer.max_steps == 7 and derived.objective.name == "sft" and derived.objective.params == {}
+    assert recipe.trainer.max_steps != 7  # the original is untouched
+    with pytest.raises(RecipeError, match="trainer.max_steps"):
+        recipe.derive({"trainer.max_steps": 0})
+
+
+def test_online_keys_can_be_swept():
+    from alignkit.config import recipe_from_dict
+    from alignkit.distributed.tune import _check_values
+
+    recipe = recipe_from_dict({
+        "model": {"path": "builtin:tiny-llama"}, "objective": {"name": "pmpo"},
+        "online": {"rounds": 2, "prompts": "builtin:concise_arithmetic"},
+        "sweep": {"space": {"online.samples_per_prompt": {"grid": [2, 4]}, "online.temperature": {"choice": [0.7, 1]}},
+                  "metric": "train/loss"}})
+    _check_values(recipe)  # every swept value builds a valid trial recipe
+    bad = recipe_from_dict({**{"model": {"path": "builtin:tiny-llama"}, "objective": {"name": "pmpo"}},
+                            "online": {"rounds": 2, "prompts": "builtin:concise_arithmetic"},
+                            "sweep": {"space": {"online.samples_per_prompt": {"grid": [0, 4]}}, "metric": "train/loss"}})
+    with pytest.raises(RecipeError, match="sweep value online.samples_per_prompt=0"):
+        _check_values(bad)
