@@ -156,8 +156,6 @@ def test_online_keys_can_be_swept():
         "sweep": {"space": {"online.samples_per_prompt": {"grid": [2, 4]}, "online.temperature": {"choice": [0.7, 1]}},
                   "metric": "train/loss"}})
     _check_values(recipe)  # every swept value builds a valid trial recipe
-    bad = recipe_from_dict({**{"model": {"path": "builtin:tiny-llama"}, "objective": {"name": "pmpo"}},
-                            "online": {"rounds": 2, "prompts": "builtin:concise_arithmetic"},
-                            "sweep": {"space": {"online.samples_per_prompt": {"grid": [0, 4]}}, "metric": "train/loss"}})
+    bad = recipe.derive({"sweep.space": {"online.samples_per_prompt": {"grid": [0, 4]}}})
     with pytest.raises(RecipeError, match="sweep value online.samples_per_prompt=0"):
         _check_values(bad)
