@@ -33,32 +33,42 @@ def _offline(run_dir: Path) -> dict:
 def _online(run_dir: Path) -> dict:
     rounds = json.loads((run_dir / "rounds.json").read_text())
     evals = [r for r in rounds if "online/eval_format" in r]
-    return {"end": {"gen/format": evals[-1]["online/eval_format"], "gen/correct": evals[-1]["online/eval_correct"]},
-            "curve": [(r["round"], r["online/eval_format"], r["online/eval_correct"]) for r in evals],
-            "score": [round(r.get("online/mean_score", float("nan")), 2) for r in rounds],
-            "rows": sum(r.get("online/rows", 0) for r in rounds)}
+
+    def gen(r):
+        return {f"gen/{k}": r[f"online/eval_{k}"] for k in ("format", "correct", "any_correct", "words")}
+
+    out = {"end": gen(evals[-1]), "curve": [(r["round"], r["online/eval_format"], r["online/eval_any_correct"])
+                                           for r in evals],
+           "score": [round(r["online/mean_score"], 2) for r in rounds if "online/mean_score" in r],
+           "rows": sum(r.get("online/rows", 0) for r in rounds)}
+    if evals[0]["round"] == -1:
+        out["start"] = gen(evals[0])
+    return out
 
 
 def table(root: Path) -> str:
-    lines = ["| run | held-out format | held-out correct | rollout mean score by round | rows generated | wall s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | held-out format | held-out correct (format + number) | held-out right number (the verifier) | "
+             "words | rollout mean score by round | training rows | wall s |", "|---|---|---|---|---|---|---|---|"]
     for name in RUNS:
         d = root / _runs.slug(name)
         if not (d / "report.md").exists():
             continue
         m = _offline(d) if (d / "behaviour.json").exists() else _online(d)
-        start = f"{m['start']['gen/format']:.2f} → " if "start" in m else ""
-        startc = f"{m['start']['gen/correct']:.2f} → " if "start" in m else ""
+        def cell(key, digits=2):
+            before = f"{m['start'][key]:.{digits}f} → " if "start" in m else ""
+            return f"{before}{m['end'][key]:.{digits}f}"
+
         wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
-        lines.append(f"| {name} | {start}{m['end']['gen/format']:.2f} | {startc}{m['end']['gen/correct']:.2f} | "
-                     f"{' '.join(str(s) for s in m.get('score', [])) or '—'} | {m['rows']} | {wall} |")
+        lines.append(f"| {name} | {cell('gen/format')} | {cell('gen/correct')} | {cell('gen/any_correct')} | "
+                     f"{cell('gen/words', 1)} | {' '.join(str(s) for s in m.get('score', [])) or '—'} | {m['rows']} | "
+                     f"{wall} |")
     curves = []
     for name in RUNS:
         d = root / _runs.slug(name)
         if (d / "rounds.json").exists():
             curve = _online(d)["curve"]
-            curves.append(f"- {name}: held-out (format, correct) after round " + ", ".join(
-                f"{r}: ({f:.2f}, {c:.2f})" for r, f, c in curve))
+            curves.append(f"- {name}: held-out (format, right number) after round " + ", ".join(
+                f"{'start' if r == -1 else r}: ({f:.2f}, {c:.2f})" for r, f, c in curve))
     return "\n".join(lines + [""] + curves)
 
 

@@ -194,6 +194,10 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     if data.eval and start_step == 0:
         last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys)
         writer.write({"step": 0, **last_eval})
+    if start_step == 0 and hasattr(source, "start_metrics"):  # an online run's held-out curve starts here
+        before = source.start_metrics()
+        if before:
+            writer.write({"step": 0, **before})
 
     def checkpoint(step: int, metrics: dict) -> None:
         if hooks.save_checkpoint is not None:

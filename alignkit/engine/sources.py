@@ -145,6 +145,14 @@ class OnlineSource:
         ids = worker_micro_batches(len(self.rows), self.seed + r, within, self.micro, self.accum, rank, world)
         return [[self.rows[i] for i in batch] for batch in ids]
 
+    def start_metrics(self) -> dict:
+        """The held-out evaluation of the starting policy (rank 0; the engines hold its weights): the "before" of
+        the run's curve."""
+        if self.evaluate is None or rank_world()[0] != 0:
+            return {}
+        start = time.perf_counter()
+        return {**self.evaluate(), "time/eval_s": time.perf_counter() - start}
+
     def round_metrics(self) -> dict:
         """The current round's generation metrics, once (logged with the round's first step)."""
         out, self.pending = self.pending, {}

@@ -145,7 +145,8 @@ def round_table(metrics_path: Path, steps_per_round: int) -> list[dict]:
     records = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
     rounds: dict[int, dict] = {}
     for record in records:
-        if record["step"] == 0:
+        if record["step"] == 0:  # the starting policy's held-out evaluation: "round -1"
+            rounds[-1] = {"round": -1, **{k: v for k, v in record.items() if k.startswith("online/eval")}}
             continue
         r = (record["step"] - 1) // steps_per_round
         row = rounds.setdefault(r, {"round": r, "time/train_s": 0.0})
@@ -159,5 +160,6 @@ def rounds_markdown(rounds: list[dict]) -> str:
     keys = [k for k in ROUND_KEYS if any(k in r for r in rounds)]
     lines = ["| round | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r in rounds:
-        lines.append(f"| {r['round']} | " + " | ".join(f"{r[k]:.3g}" if k in r else "—" for k in keys) + " |")
+        name = "start" if r["round"] == -1 else r["round"]
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3g}" if k in r else "—" for k in keys) + " |")
     return "\n".join(lines)

@@ -12,12 +12,13 @@ def test_two_online_rounds_through_the_launcher(tmp_path):
     proc = launch("recipes/online/tiny_debug.yaml", f"run.output_dir={out}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]  # step 0: the starting policy's held-out evaluation
+    assert "online/eval_correct" in records[0]
     assert [r["online/round"] for r in records if "online/round" in r] == [0, 1]
     assert [r["online/weights_version"] for r in records if "online/weights_version" in r] == [1, 2]
     assert all(r["time/push_s"] < 60 for r in records if "time/push_s" in r)
     rounds = json.loads((out / "rounds.json").read_text())
-    assert [r["round"] for r in rounds] == [0, 1] and all("online/eval_correct" in r for r in rounds)
+    assert [r["round"] for r in rounds] == [-1, 0, 1] and all("online/eval_correct" in r for r in rounds)
     assert "## Rounds" in (out / "report.md").read_text()
     assert (out / "final" / "config.json").exists()
 
@@ -46,7 +47,8 @@ def test_a_killed_worker_recovers_an_online_run(tmp_path, monkeypatch):
     the worker group restarts from the latest checkpoint (round 1's rows in it, weights pushed to the engine
     again) and the run ends with the same per-step losses as an uninterrupted one."""
     def losses(out):
-        return {r["step"]: r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+        records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
     straight = tmp_path / "straight"
     proc = launch("recipes/online/tiny_debug.yaml", *ONLINE_KILL, f"run.output_dir={straight}", timeout=900)

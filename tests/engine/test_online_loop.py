@@ -84,6 +84,7 @@ def test_online_rounds_on_one_trainer(tmp_path, engine, tiny_model_dir):
     assert [r["online/round"] for r in records if "online/round" in r] == [0, 1, 2]
     assert [r["online/weights_version"] for r in records if "online/weights_version" in r] == [1, 2, 3]
     assert all("online/eval_correct" in r for r in records if "online/weights_version" in r)
+    assert records[0]["step"] == 0 and "online/eval_correct" in records[0]  # the starting policy, before round 0
     # the engine holds the last update's weights: its log-probs are the trainer's final model's
     from alignkit.data.encode import collate_sft, encode_sft
     from alignkit.models.loading import load_causal_lm
