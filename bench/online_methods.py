@@ -46,6 +46,11 @@ def _online(run_dir: Path) -> dict:
     return out
 
 
+def _cell(m: dict, key: str, digits: int = 2) -> str:
+    before = f"{m['start'][key]:.{digits}f} → " if "start" in m else ""
+    return f"{before}{m['end'][key]:.{digits}f}"
+
+
 def table(root: Path) -> str:
     lines = ["| run | held-out format | held-out correct (format + number) | held-out right number (the verifier) | "
              "words | rollout mean score by round | training rows | wall s |", "|---|---|---|---|---|---|---|---|"]
@@ -54,13 +59,9 @@ def table(root: Path) -> str:
         if not (d / "report.md").exists():
             continue
         m = _offline(d) if (d / "behaviour.json").exists() else _online(d)
-        def cell(key, digits=2):
-            before = f"{m['start'][key]:.{digits}f} → " if "start" in m else ""
-            return f"{before}{m['end'][key]:.{digits}f}"
-
         wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
-        lines.append(f"| {name} | {cell('gen/format')} | {cell('gen/correct')} | {cell('gen/any_correct')} | "
-                     f"{cell('gen/words', 1)} | {' '.join(str(s) for s in m.get('score', [])) or '—'} | {m['rows']} | "
+        lines.append(f"| {name} | {_cell(m, 'gen/format')} | {_cell(m, 'gen/correct')} | "
+                     f"{_cell(m, 'gen/any_correct')} | {_cell(m, 'gen/words', 1)} | {' '.join(str(s) for s in m.get('score', [])) or '—'} | {m['rows']} | "
                      f"{wall} |")
     curves = []
     for name in RUNS:
