@@ -60,9 +60,9 @@ def table(root: Path) -> str:
             continue
         m = _offline(d) if (d / "behaviour.json").exists() else _online(d)
         wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
+        scores = " ".join(str(s) for s in m.get("score", [])) or "—"
         lines.append(f"| {name} | {_cell(m, 'gen/format')} | {_cell(m, 'gen/correct')} | "
-                     f"{_cell(m, 'gen/any_correct')} | {_cell(m, 'gen/words', 1)} | {' '.join(str(s) for s in m.get('score', [])) or '—'} | {m['rows']} | "
-                     f"{wall} |")
+                     f"{_cell(m, 'gen/any_correct')} | {_cell(m, 'gen/words', 1)} | {scores} | {m['rows']} | {wall} |")
     curves = []
     for name in RUNS:
         d = root / _runs.slug(name)
