@@ -46,6 +46,32 @@ def _online(run_dir: Path) -> dict:
     return out
 
 
+def start_model(root: Path) -> dict:
+    """The starting policy's held-out metrics with the online runs' evaluation settings (greedy, the online recipes'
+    max_new_tokens, the exact-answer verifier and the data set's checker), from an HF engine in this process; cached
+    in <root>/start_model.json. (Online runs now log this themselves at step 0; the ones in the README predate it.)"""
+    path = root / "start_model.json"
+    if not path.exists():
+        from alignkit.config import load_recipe
+        from alignkit.data.encode import EncodeSettings
+        from alignkit.pipelines.online import validate
+        from alignkit.rollout.hf import HFEngine
+        from alignkit.rollout.rounds import RoundMaker
+
+        recipe = load_recipe("recipes/online/pmpo_builtin.yaml")
+        payload = validate(recipe)
+        engine = HFEngine(recipe.model.path, batch_size=64)
+
+        class Client:  # the engine in this process, behind the EngineClient interface
+            generate = staticmethod(engine.generate)
+
+        maker = RoundMaker(Client(), [], payload["eval_rows"], "unpaired", recipe.online, recipe.model.path,
+                           EncodeSettings(), scorer=payload["scorer"])
+        path.write_text(json.dumps(maker.evaluate()))
+    m = json.loads(path.read_text())
+    return {k.replace("online/eval_", "gen/"): v for k, v in m.items()}
+
+
 def _cell(m: dict, key: str, digits: int = 2) -> str:
     before = f"{m['start'][key]:.{digits}f} → " if "start" in m else ""
     return f"{before}{m['end'][key]:.{digits}f}"
@@ -63,6 +89,9 @@ def table(root: Path) -> str:
         scores = " ".join(str(s) for s in m.get("score", [])) or "—"
         lines.append(f"| {name} | {_cell(m, 'gen/format')} | {_cell(m, 'gen/correct')} | "
                      f"{_cell(m, 'gen/any_correct')} | {_cell(m, 'gen/words', 1)} | {scores} | {m['rows']} | {wall} |")
+    start = start_model(root)
+    lines.append(f"| starting model (greedy, 48 new tokens, as the online evaluations) | {start['gen/format']:.2f} | "
+                 f"{start['gen/correct']:.2f} | {start['gen/any_correct']:.2f} | {start['gen/words']:.1f} | — | — | — |")
     curves = []
     for name in RUNS:
         d = root / _runs.slug(name)
