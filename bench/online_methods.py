@@ -91,7 +91,8 @@ def table(root: Path) -> str:
                      f"{_cell(m, 'gen/any_correct')} | {_cell(m, 'gen/words', 1)} | {scores} | {m['rows']} | {wall} |")
     start = start_model(root)
     lines.append(f"| starting model (greedy, 48 new tokens, as the online evaluations) | {start['gen/format']:.2f} | "
-                 f"{start['gen/correct']:.2f} | {start['gen/any_correct']:.2f} | {start['gen/words']:.1f} | — | — | — |")
+                 f"{start['gen/correct']:.2f} | {start['gen/any_correct']:.2f} | {start['gen/words']:.1f} | — | — | "
+                 "— |")
     curves = []
     for name in RUNS:
         d = root / _runs.slug(name)
