@@ -201,7 +201,7 @@ def _merge_round_metrics(a: dict, b: dict) -> dict:
     """Two generations' metrics as one round's: counts and seconds add, the mean score is weighted by the scored
     completions of each, the token rate is recomputed from the sums."""
     out = {**a, **b, **{k: a.get(k, 0) + b.get(k, 0) for k in SUMMED if k in a or k in b}}
-    scored = [(m["online/mean_score"], m["online/scored"]) for m in (a, b) if "online/mean_score" in m]
+    scored = [(m["online/mean_score"], m.get("online/scored", 1)) for m in (a, b) if "online/mean_score" in m]
     if scored:
         out["online/mean_score"] = sum(s * n for s, n in scored) / max(1, sum(n for _, n in scored))
     if out.get("time/generate_s"):

@@ -95,6 +95,12 @@ class EngineActor:
         return self.engine.health()
 
 
+def _engine_get(refs, what: str, timeout: float, engines: int, backend: str):
+    key = "start_timeout_s" if what == "engine start" else "sync_timeout_s"
+    return get_from_engines(refs, f"rollout {what}", timeout, key, f" on {engines} {backend} engine(s); an engine is "
+                            "hung or far too slow (raise the timeout for very large batches)", f"a {backend} engine")
+
+
 @dataclass
 class EngineClient:
     """Calls to a pool's engine actors, from any process of the Ray job (the driver, or trainer rank 0 of an
@@ -106,11 +112,7 @@ class EngineClient:
     collective: object = None  # weight_sync.CollectiveSync for rollout.weight_sync: collective
 
     def _get(self, refs, what: str, timeout: float | None = None):
-        timeout = self.timeout_s if timeout is None else timeout
-        key = "start_timeout_s" if what == "engine start" else "sync_timeout_s"
-        return get_from_engines(refs, f"rollout {what}", timeout, key,
-                                f" on {len(self.actors)} {self.backend} engine(s); an engine is hung or far too slow "
-                                "(raise the timeout for very large batches)", f"a {self.backend} engine")
+        return _engine_get(refs, what, self.timeout_s if timeout is None else timeout, len(self.actors), self.backend)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         """Prompts are split into contiguous shares, one per engine; engine e samples with seed + e (so a seeded
@@ -213,7 +215,8 @@ class RolloutPool:
         return EngineClient(self.actors, self.backend, self.weight_sync, self.cfg.sync_timeout_s, self.collective)
 
     def _get(self, refs, what: str, timeout: float | None = None):
-        return self.client()._get(refs, what, timeout)
+        return _engine_get(refs, what, self.cfg.sync_timeout_s if timeout is None else timeout, len(self.actors),
+                           self.backend)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         return self.client().generate(prompts, sampling)

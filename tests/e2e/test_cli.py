@@ -85,7 +85,7 @@ def test_objective_that_does_not_fit_the_data():
     for flags in (("--dry-run",), ("run.output_dir=/nonexistent/never",)):
         proc = launch("recipes/dpo/tiny_debug.yaml", "objective.name=npo", *flags)
         assert_clean_error(proc, "objective `npo` consumes `forget` records")
-        assert "holds `pairs` records" in proc.stderr and "dpo" in proc.stderr
+        assert "`pairs`" in proc.stderr and "objectives that take this data: causal_rm, dpo" in proc.stderr
         assert "on_bad_row" not in proc.stderr  # skipping rows cannot help
 
 

@@ -40,6 +40,7 @@ def test_killed_worker_recovers_with_same_final_metrics(tmp_path, uninterrupted,
                 assert recovered[step][key] == pytest.approx(record[key], abs=1e-5), (step, key)
 
 
+@pytest.mark.slow  # the default suite has the same kill without retries in test_run_directory.py (one error line)
 def test_without_retries_the_failure_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNKIT_FAULT_KILL", f"0:1:{tmp_path / 'killed'}")
     proc = launch("recipes/dpo/tiny_debug.yaml", "trainer.max_steps=3", "eval.generate=false",

@@ -5,7 +5,8 @@ import pytest
 
 from tests.e2e.test_cli import assert_clean_error, launch
 
-FAST = ("eval.generate=false", "trainer.max_steps=2", "trainer.eval_every=0")
+FAST = ("eval.generate=false", "trainer.max_steps=2", "trainer.eval_every=0", "trainer.backend=torch",
+        "trainer.zero_stage=0", "cluster.num_workers=1")
 
 
 def _files(out):
