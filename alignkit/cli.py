@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from alignkit.errors import AlignkitError
+    from alignkit.errors import AlignkitError, run_command
 
-    try:
+    def body(_argv=None) -> int:
         from alignkit.config import dump_recipe, load_recipe
 
         recipe = load_recipe(args.recipe, args.overrides)
@@ -61,14 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         out = run_pipeline(recipe)
         print(f"done: {out}/report.md")
         return 0
-    except AlignkitError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+
+    return run_command(body, debug=args.debug)  # an AlignkitError: one `error:` line, exit code 2
 
 
 if __name__ == "__main__":

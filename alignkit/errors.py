@@ -13,16 +13,16 @@ class DataError(AlignkitError):
     """A data source is missing or a row is malformed."""
 
 
-def run_command(main, argv=None) -> int:
+def run_command(main, argv=None, debug: bool = False) -> int:
     """Run a command-line entry point `main(argv) -> exit code` with the CLI's promise: an AlignkitError is one
-    `error: ...` line on stderr and exit code 2, no traceback (ALIGNKIT_DEBUG=1 shows it)."""
+    `error: ...` line on stderr and exit code 2, no traceback (`debug` or ALIGNKIT_DEBUG=1 shows it)."""
     import os
     import sys
 
     try:
         return main(argv)
     except AlignkitError as exc:
-        if os.environ.get("ALIGNKIT_DEBUG"):
+        if debug or os.environ.get("ALIGNKIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
