@@ -133,14 +133,37 @@ def _experiment_name(recipe: Recipe, storage: Path) -> str:
     return f"{recipe.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=None) -> None:
+def check_capacity(recipe: Recipe, reserved: dict | None = None) -> None:
+    """On a local Ray (no autoscaler to add nodes), fail at once when the trainer workers plus what this run's
+    rollout engines `reserved` cannot fit: Ray Train would otherwise retry the worker group's start forever."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
+        return  # a cluster may autoscale
+    c = recipe.cluster
+    total = ray.cluster_resources()
+    for name, per_worker in (("CPU", c.cpus_per_worker), ("GPU", c.gpus_per_worker if c.use_gpu else 0)):
+        need, held = c.num_workers * per_worker, (reserved or {}).get(name, 0)
+        if need and need + held > total.get(name, 0) + 1e-9:
+            engines = f" while the rollout engines hold {held:g}" if held else ""
+            raise AlignkitError(
+                f"the {c.num_workers} training worker(s) need {need:g} {name} (cluster.num_workers x "
+                f"cluster.{name.lower()}s_per_worker) but this local Ray has {total.get(name, 0):g}{engines}; lower "
+                f"cluster.num_workers / cluster.{name.lower()}s_per_worker"
+                + (" or rollout.num_engines / rollout.cpus_per_engine" if held else ""))
+
+
+def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=None,
+                 reserved: dict | None = None) -> None:
     """Fit a TorchTrainer with `cluster.num_workers` workers; raises AlignkitError with the worker's message.
-    `weight_sink`: rank 0 sends the final weights through it (to rollout engines) and writes weight_sync.json."""
+    `weight_sink`: rank 0 sends the final weights through it (to rollout engines) and writes weight_sync.json.
+    `reserved`: resources this run's rollout engines hold ({"CPU": 1.0, ...}), for the capacity check."""
     import ray
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray()
+    check_capacity(recipe, reserved)
     c, t = recipe.cluster, recipe.trainer
     storage = Path(recipe.storage_path).resolve() if "://" not in recipe.storage_path else recipe.storage_path
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}

@@ -108,7 +108,7 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
         encoded = {"kind": kind, "train": [], "eval": [], "pad_id": pad_id,
                    "online": {**payload, "client": pool.client()}}
         t0 = time.perf_counter()
-        run_training(recipe, encoded, out)
+        run_training(recipe, encoded, out, reserved=pool.reserved)
         train_seconds = time.perf_counter() - t0
     finally:
         pool.shutdown()

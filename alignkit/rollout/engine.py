@@ -210,6 +210,12 @@ class RolloutPool:
             self.collective = CollectiveSync(self.actors, device="cuda" if on_gpu else "cpu",
                                              bucket_bytes=cfg.sync_bucket_mb << 20, timeout_s=cfg.sync_timeout_s)
 
+    @property
+    def reserved(self) -> dict:
+        """The resources the engines hold (for the trainer's capacity check)."""
+        n = len(self.actors)
+        return {"CPU": n * self.cfg.cpus_per_engine, "GPU": n * self.cfg.gpus_per_engine}
+
     def client(self) -> EngineClient:
         """What a Ray Train worker needs to generate with these engines and push weights to them (picklable)."""
         return EngineClient(self.actors, self.backend, self.weight_sync, self.cfg.sync_timeout_s, self.collective)

@@ -38,6 +38,7 @@ def test_bad_online_recipes_fail_before_anything_starts(overrides, message):
 
 
 ONLINE_KILL = ["online.rounds=3", "trainer.checkpoint_every=1", "trainer.backend=deepspeed", "trainer.zero_stage=2",
+               "cluster.cpus_per_worker=0.5",  # 2 workers + the engine on 2 cores
                "cluster.num_workers=2"]
 
 
