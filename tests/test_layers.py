@@ -5,7 +5,8 @@ from pathlib import Path
 
 ORDER = ["cli", "pipelines", "distributed", "engine", "rollout", "evaluation", "kinds", "models", "data", "config",
          "objectives"]
-BASE = {"errors", "paths", "rundir", "ray_session", "__init__"}  # import nothing of alignkit; any layer uses them
+# import nothing of alignkit but each other; any layer uses them
+BASE = {"errors", "paths", "rundir", "ray_session", "device", "__init__"}
 ROOT = Path(__file__).resolve().parents[1] / "alignkit"
 
 

@@ -279,6 +279,11 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
         need(recipe.reference.mode != "precompute", "reference.mode",
              "online rows are generated during training, so their reference log-probs cannot be precomputed; use "
              "live or auto")
+    fp16 = ("without loss scaling, which alignkit does not do (small gradients underflow to zero in float16); use "
+            "bf16 (GPUs from Ampere on, and CPUs) or fp32")
+    need(t.precision != "fp16", "trainer.precision", f"fp16 would train {fp16}")
+    need(recipe.model.dtype != "float16", "model.dtype", f"float16 weights would train {fp16}: model.dtype "
+         "bfloat16, or float32 with trainer.precision bf16")
     need(t.max_steps > 0, "trainer.max_steps", f"must be > 0, got {t.max_steps}")
     need(t.micro_batch_size > 0, "trainer.micro_batch_size", f"must be > 0, got {t.micro_batch_size}")
     need(t.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {t.grad_accum}")

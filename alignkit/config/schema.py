@@ -27,6 +27,9 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    # the attention kernel: auto = FlashAttention-2 on a CUDA GPU when the flash-attn package is installed, else
+    # PyTorch's SDPA; eager is the reference implementation (slow, but returns attention weights)
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
 
 
 @dataclass
@@ -95,7 +98,7 @@ class TrainerConfig:
     grad_accum: int = 1
     backend: Literal["deepspeed", "torch"] = "deepspeed"
     zero_stage: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 is refused with the reason (no loss scaling)
     eval_every: int = 0  # optimizer steps between held-out evaluations; 0 = at the start and end only
     log_every: int = 1
     progress_bar: bool = True

@@ -1,6 +1,8 @@
 """How the one training loop wraps model and optimizer: `deepspeed` (ZeRO 0-3, bf16) or `torch` (one process, for
-debugging and fast tests). Both expose the same four calls: forward via `.module(...)`, `backward(loss)` once per
-micro-batch, `step()` once per micro-batch (the optimizer steps on accumulation boundaries), `lr()`."""
+debugging and fast tests). Both expose the same calls: forward via `.module(...)`, `backward(loss)` once per
+micro-batch, `step()` once per micro-batch (the optimizer steps on accumulation boundaries), `lr()`, and the device
+seam: `.device` (cuda:<local rank> under GPU workers, else cpu) and `place(tensors)`, through which every batch,
+reference table and auxiliary tensor reaches the model (alignkit/device.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +13,7 @@ from pathlib import Path
 import torch
 
 from alignkit.config.schema import Recipe
+from alignkit.device import place, place_model, work_device
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,21 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class TorchBackend:
-    def __init__(self, model: torch.nn.Module, recipe: Recipe):
-        self.module = model
+class Placement:
+    """The device seam of a backend."""
+    device: torch.device
+
+    def place(self, obj):
+        return place(obj, self.device)
+
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return place_model(model, self.device)
+
+
+class TorchBackend(Placement):
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, device: torch.device):
+        self.device = device
+        self.module = place_model(model, device)  # before the optimizer: its state lives where the parameters do
         self.optimizer = make_optimizer(model, recipe)
         self.scheduler = make_scheduler(self.optimizer, recipe)
         self.grad_accum = recipe.trainer.grad_accum
@@ -50,7 +65,7 @@ class TorchBackend:
         self.last_grad_norm = float("nan")
 
     def forward_context(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
@@ -81,7 +96,7 @@ class TorchBackend:
                     "scheduler": self.scheduler.state_dict(), "micro": self._micro}, directory / "torch_state.pt")
 
     def load(self, directory: Path) -> None:
-        state = torch.load(directory / "torch_state.pt", weights_only=False)
+        state = torch.load(directory / "torch_state.pt", weights_only=False, map_location=self.device)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -91,9 +106,15 @@ class TorchBackend:
         return self.module.state_dict()
 
 
-class DeepSpeedBackend:
-    def __init__(self, model: torch.nn.Module, recipe: Recipe):
+class DeepSpeedBackend(Placement):
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, device: torch.device):
         import deepspeed
+
+        # DeepSpeed puts the model on its accelerator's current device; placing it first makes that ours.
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.device = device
+        place_model(model, device)
 
         t = recipe.trainer
         config = {
@@ -174,5 +195,8 @@ class DeepSpeedBackend:
         return state if rank == 0 else None
 
 
-def make_backend(model: torch.nn.Module, recipe: Recipe):
-    return DeepSpeedBackend(model, recipe) if recipe.trainer.backend == "deepspeed" else TorchBackend(model, recipe)
+def make_backend(model: torch.nn.Module, recipe: Recipe, device: torch.device | None = None):
+    """`device`: where to train (default: cuda:<local rank> with cluster.use_gpu, else cpu)."""
+    device = device if device is not None else work_device(recipe.cluster.use_gpu)
+    cls = DeepSpeedBackend if recipe.trainer.backend == "deepspeed" else TorchBackend
+    return cls(model, recipe, device)

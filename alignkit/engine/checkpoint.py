@@ -19,7 +19,8 @@ def save_state(backend, directory: Path, step: int, tokens_seen: int, rank: int,
     source's state (an online run's round and its rows)."""
     directory.mkdir(parents=True, exist_ok=True)
     backend.save(directory)
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                "cuda": torch.cuda.get_rng_state() if backend.device.type == "cuda" else None},
                directory / f"rng_rank{rank}.pt")
     if rank == 0:
         torch.save({k: v.state() for k, v in references.items() if isinstance(v, PrecomputedReference)},
@@ -31,7 +32,7 @@ def save_state(backend, directory: Path, step: int, tokens_seen: int, rank: int,
 
 def saved_references(directory: Path) -> dict[str, PrecomputedReference]:
     path = directory / "reference_logps.pt"
-    saved = torch.load(path) if path.exists() else {}
+    saved = torch.load(path, map_location="cpu") if path.exists() else {}
     return {k: PrecomputedReference(v["table"], v["known"]) for k, v in saved.items()}
 
 
@@ -44,6 +45,8 @@ def load_state(backend, directory: Path, rank: int) -> tuple[int, int]:
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
+        if rng.get("cuda") is not None and backend.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"])
     return state["step"], state["tokens_seen"]
 
 

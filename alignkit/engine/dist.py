@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.device import host, place
+
 
 def rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -11,6 +13,13 @@ def rank_world() -> tuple[int, int]:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over the workers, in place; a host tensor under NCCL (which reduces GPU memory only) takes the trip
+    to this worker's GPU and back."""
     if rank_world()[1] > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        if torch.distributed.get_backend() == "nccl" and t.device.type == "cpu":
+            on_gpu = place(t, torch.device("cuda", torch.cuda.current_device()))
+            torch.distributed.all_reduce(on_gpu, op=torch.distributed.ReduceOp.SUM)
+            t.copy_(host(on_gpu))
+        else:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return t

@@ -60,26 +60,34 @@ class TrainData:
     retain: list[dict] = field(default_factory=list)  # unlearning objectives that need retain data
 
 
-def retain_batch_for(data: TrainData, count: int, position: int) -> dict | None:
-    """`count` retain examples from position `position` of their own seeded stream (None without retain data)."""
+def batch_maker(kind: str, pad_id: int, place: Callable = lambda batch: batch) -> Callable[[list[dict]], dict]:
+    """examples -> a collated batch of `kind` on the model's device (`place`: the backend's device seam)."""
+    collate = get_kind(kind).collate
+    return lambda examples: place(collate(examples, pad_id))
+
+
+def retain_batch_for(data: TrainData, count: int, position: int, place: Callable = lambda batch: batch
+                     ) -> dict | None:
+    """`count` retain examples from position `position` of their own seeded stream (None without retain data), on
+    the model's device."""
     if not data.retain:
         return None
     picks = stream_indices(len(data.retain), 7919, position, max(1, count))
-    return get_kind("forget").collate([data.retain[i] for i in picks], data.pad_id)
+    return batch_maker("forget", data.pad_id, place)([data.retain[i] for i in picks])
 
 
 def evaluate(module, objective, params, data: TrainData, reference_eval, ctx, batch_size: int,
-             metric_keys: list[str]) -> dict[str, float]:
+             metric_keys: list[str], place: Callable = lambda batch: batch) -> dict[str, float]:
     """Objective loss and metrics on the held-out set, averaged over examples (every example counted once)."""
     rank, world = rank_world()
-    collate = lambda ex: get_kind(data.kind).collate(ex, data.pad_id)  # noqa: E731
+    collate = batch_maker(data.kind, data.pad_id, place)
     sums = MetricSums()
     was_training = module.training
     module.eval()
     with torch.no_grad():
         for n, ids in enumerate(sharded_eval_batches(len(data.eval), batch_size, rank, world)):
             batch = collate([data.eval[i] for i in (ids or [0])])
-            retain = retain_batch_for(data, len(ids), (n * world + rank) * batch_size)
+            retain = retain_batch_for(data, len(ids), (n * world + rank) * batch_size, place)
             inputs = objective_inputs(objective, module, batch, ctx, reference_eval, retain, params)
             loss, metrics = objective.loss_fn(inputs, params)
             # Weight by examples; a padding batch (no ids) ran only to keep collective forwards in step.
@@ -132,17 +140,18 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     objective = get_objective(recipe.objective.name)
     params = objective.make_params(recipe.objective.params)
     seed_everything(recipe.run.seed)
-    collate = lambda ex: get_kind(data.kind).collate(ex, data.pad_id)  # noqa: E731
+    m = recipe.model
+    load = dict(attn=m.attn_implementation, on_cuda=recipe.cluster.use_gpu)
     if model is None:
-        m = recipe.model
-        model = (load_reward_model(m.path, m.dtype, m.trust_remote_code, load_tokenizer(m.path).pad_token_id)
-                 if get_kind(data.kind).reward_model else load_causal_lm(m.path, m.dtype, m.trust_remote_code))
+        model = (load_reward_model(m.path, m.dtype, m.trust_remote_code, load_tokenizer(m.path).pad_token_id, **load)
+                 if get_kind(data.kind).reward_model else load_causal_lm(m.path, m.dtype, m.trust_remote_code, **load))
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
     model.train()
     freeze_except(model, recipe.optim.trainable)
-    backend = make_backend(model, recipe)
+    backend = make_backend(model, recipe)  # the model on its device; every batch follows through backend.place
+    collate = batch_maker(data.kind, data.pad_id, backend.place)
     ctx = backend.forward_context()
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -162,19 +171,22 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         saved = saved_references(Path(hooks.resume_dir)) if hooks.resume_dir is not None else {}
         ref_module = backend.module
         if recipe.reference.path:
-            ref_module = load_causal_lm(recipe.reference.path, recipe.model.dtype, recipe.model.trust_remote_code)
+            ref_module = backend.place_model(load_causal_lm(recipe.reference.path, m.dtype, m.trust_remote_code,
+                                                            **load))
         visited = source.visited(t.max_steps, world)
         per_example = get_kind(data.kind).sequences_per_example
         references["train"] = PrecomputedReference.compute(ref_module, data.train, collate, batch_size, ctx,
-                                                            per_example, needed=visited, into=saved.get("train"))
+                                                            per_example, needed=visited, into=saved.get("train")
+                                                            ).placed(backend.place)
         if data.eval:
             references["eval"] = PrecomputedReference.compute(ref_module, data.eval, collate, batch_size, ctx,
-                                                               per_example, into=saved.get("eval"))
+                                                               per_example, into=saved.get("eval")
+                                                               ).placed(backend.place)
         log.info("reference log-probs ready for the %d train examples this run visits and %d eval examples "
                  "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
     elif mode == "live":
-        ref_model = load_causal_lm(recipe.reference.path or recipe.model.path, recipe.model.dtype,
-                                   recipe.model.trust_remote_code)
+        ref_model = backend.place_model(load_causal_lm(recipe.reference.path or m.path, m.dtype, m.trust_remote_code,
+                                                       **load))
         references["train"] = references["eval"] = LiveReference(
             ref_model, ctx, vocab=objective.distributions or "retain_vocab" in objective.needs)
 
@@ -183,7 +195,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         start_step, tokens_seen = load_state(backend, Path(hooks.resume_dir), rank)
         source_file = Path(hooks.resume_dir) / "source_state.pt"
         if source_file.exists():
-            source.load_state(torch.load(source_file, weights_only=False), backend, start_step)
+            source.load_state(torch.load(source_file, weights_only=False, map_location="cpu"), backend, start_step)
         if rank == 0:
             _truncate_metrics(output_dir / "metrics.jsonl", start_step)
         log.info("resumed from %s at step %d", hooks.resume_dir, start_step)
@@ -192,7 +204,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     metric_keys = ["loss", *objective.metric_names]
     last_eval: dict[str, float] = {}
     if data.eval and start_step == 0:
-        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys)
+        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys,
+                             backend.place)
         writer.write({"step": 0, **last_eval})
     if start_step == 0 and hasattr(source, "start_metrics"):  # an online run's held-out curve starts here
         before = source.start_metrics()
@@ -224,7 +237,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             batch = collate(examples)
             # retain examples follow their own stream, at the same position as this worker's forget examples
             position = ((step * t.grad_accum + m) * world + rank) * t.micro_batch_size
-            retain = retain_batch_for(data, len(ids), position)
+            retain = retain_batch_for(data, len(ids), position, backend.place)
             inputs = objective_inputs(objective, backend.module, batch, ctx, reference, retain, params)
             loss, metrics = objective.loss_fn(inputs, params)
             if not _all_finite(loss):
@@ -260,7 +273,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             record["train/skipped_batches"] = skipped
         is_last = step + 1 == t.max_steps
         if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
-            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys)
+            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size,
+                                 metric_keys, backend.place)
             record.update(last_eval)
         online = hasattr(source, "round_metrics")  # every step of an online run is logged: rounds add them up
         if online or (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):

@@ -2,8 +2,11 @@
 (`precompute`: no second model in memory while training), or a frozen model run beside the policy (`live`)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from alignkit.device import host
 from alignkit.engine.dist import all_reduce_sum, rank_world
 from alignkit.engine.sources import sharded_eval_batches
 from alignkit.models.logps import capture_hidden, forward_batch
@@ -26,7 +29,11 @@ class PrecomputedReference:
         raise AssertionError("precomputed references hold no distributions; check_recipe prevents this")
 
     def state(self) -> dict:
-        return {"table": self.table, "known": self.known}
+        return {"table": host(self.table), "known": host(self.known)}
+
+    def placed(self, place: Callable) -> PrecomputedReference:
+        """This table on the model's device (batches index it there)."""
+        return PrecomputedReference(place(self.table), place(self.known))
 
     @classmethod
     def compute(cls, module, examples: list[dict], collate, batch_size: int, ctx, per_example: int,
@@ -49,12 +56,12 @@ class PrecomputedReference:
                 batch = collate([examples[i] for i in (ids or [missing[0]])])
                 seq = forward_batch(module, batch, ctx)["seq_logps"]
                 if ids:
-                    table[ids] = seq.double().reshape(per_example, len(ids)).T
+                    table[ids] = host(seq).double().reshape(per_example, len(ids)).T
         module.train(was_training)
         table = all_reduce_sum(table).float()
-        known = base.known.clone()
+        known = host(base.known).clone()
         known[missing] = True
-        return cls(torch.where(known[:, None] & ~base.known[:, None], table, base.table), known)
+        return cls(torch.where(known[:, None] & ~host(base.known)[:, None], table, host(base.table)), known)
 
 
 class LiveReference:
@@ -62,6 +69,7 @@ class LiveReference:
 
     def __init__(self, model, ctx, vocab: bool = False):
         self.model, self.ctx, self.vocab = model.eval(), ctx, vocab
+        model.config.use_cache = False  # one forward per batch: a KV cache would only take memory
         self._recent: list[tuple[dict, dict]] = []
 
     def _outputs(self, batch: dict) -> dict:

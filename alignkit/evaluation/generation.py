@@ -8,6 +8,7 @@ import time
 import torch
 
 from alignkit.data.encode import render_prompt
+from alignkit.device import host, place, place_model, work_device
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +20,17 @@ def generate_greedy(model_path: str, prompts: list, max_new_tokens: int, batch_s
 
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "left"
-    model = load_causal_lm(model_path, dtype).eval()
+    device = work_device()  # the GPU the evaluation task reserved, else the CPU
+    model = place_model(load_causal_lm(model_path, dtype, on_cuda=device.type == "cuda").eval(), device)
     texts = [render_prompt(tokenizer, p) for p in prompts]
     completions: list[str] = []
     generated, start = 0, time.perf_counter()
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = place(dict(tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                                   add_special_tokens=False)), device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = host(model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=tokenizer.pad_token_id))
         new = out[:, enc["input_ids"].shape[1]:]
         generated += int((new != tokenizer.pad_token_id).sum())
         completions += tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from alignkit.data.encode import EncodeSettings, collate_sft, encode_sft
+from alignkit.device import host, place, place_model, work_device
 from alignkit.errors import RecipeError
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,10 @@ class RewardScorer:
                  settings: EncodeSettings = DEFAULT_SETTINGS):
         from alignkit.models.loading import load_reward_model, load_tokenizer
 
+        self.device = work_device()  # the GPU the scoring task reserved, else the CPU
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_reward_model(model_dir, dtype, pad_token_id=self.tokenizer.pad_token_id).eval()
+        self.model = place_model(load_reward_model(model_dir, dtype, pad_token_id=self.tokenizer.pad_token_id,
+                                                   on_cuda=self.device.type == "cuda").eval(), self.device)
         self.batch_size, self.settings = batch_size, settings
 
     def score(self, prompts: list, responses: list) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +119,9 @@ class RewardScorer:
         rewards = []
         with torch.no_grad():
             for start in range(0, len(encoded), self.batch_size):
-                batch = collate_sft(encoded[start:start + self.batch_size], self.tokenizer.pad_token_id)
-                rewards.append(forward_rewards(self.model, batch["input_ids"], batch["attention_mask"])[0])
+                batch = place(collate_sft(encoded[start:start + self.batch_size], self.tokenizer.pad_token_id),
+                              self.device)
+                rewards.append(host(forward_rewards(self.model, batch["input_ids"], batch["attention_mask"])[0]))
         lengths = np.array([len(e["completion_ids"]) for e in encoded], dtype=np.float64)
         return torch.cat(rewards).numpy().astype(np.float64), lengths
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from alignkit.data.encode import EncodeSettings, collate_sft, render_prompt
+from alignkit.device import host, place, place_model, work_device
 from alignkit.evaluation import unlearning_metrics as um
 from alignkit.kinds.forget import encode as encode_forget
 
@@ -44,7 +45,8 @@ class ModelProbe:
 
     def __init__(self, model, tokenizer, batch_size: int = 16, settings: EncodeSettings = PROBE_SETTINGS,
                  share_prompts: bool = True):
-        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = work_device()  # the GPU the evaluation task reserved, else the CPU
+        self.model, self.tokenizer = place_model(model.eval(), self.device), tokenizer
         self.batch_size, self.settings, self.share_prompts = batch_size, settings, share_prompts
 
     def _token_stats(self, rows: list[dict], vocab: bool = False) -> list[dict]:
@@ -99,19 +101,21 @@ class ModelProbe:
     def _plain_batch(self, encoded, rows: list[int], vocab: bool, out: list) -> None:
         from alignkit.models.logps import forward_token_logps
 
-        batch = collate_sft([{**encoded[i], "index": i} for i in rows], self.tokenizer.pad_token_id)
+        batch = place(collate_sft([{**encoded[i], "index": i} for i in rows], self.tokenizer.pad_token_id),
+                      self.device)
         self._collect(rows, forward_token_logps(self.model, batch["input_ids"], batch["attention_mask"],
                                                 batch["labels"], return_vocab=vocab), vocab, out)
 
     @staticmethod
     def _collect(rows: list[int], result, vocab: bool, out: list) -> None:
-        lp, mask = result[0], result[1]
+        lp, mask = host(result[0]), host(result[1])
+        vocab_logps = host(result[2]) if vocab else None
         offsets = mask.sum(-1).cumsum(0).tolist()
         for b, i in enumerate(rows):
-            item = {"token_logps": lp[b][mask[b]].double().cpu().numpy()}
+            item = {"token_logps": lp[b][mask[b]].double().numpy()}
             if vocab:
                 item["mu"], item["sigma"] = um.token_distribution_stats(
-                    result[2][(offsets[b - 1] if b else 0):offsets[b]].cpu())
+                    vocab_logps[(offsets[b - 1] if b else 0):offsets[b]])
             out[i] = item
 
     def qa_row(self, question: str, answer: str) -> dict:
@@ -147,10 +151,11 @@ class ModelProbe:
         outs = []
         try:
             for i in range(0, len(texts), self.batch_size):
-                enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = place(dict(tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
+                                     add_special_tokens=False)), self.device)
                 with torch.no_grad():
-                    out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                              pad_token_id=tok.pad_token_id)
+                    out = host(self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                                   pad_token_id=tok.pad_token_id))
                 outs += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         finally:
             tok.padding_side = side

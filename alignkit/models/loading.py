@@ -33,26 +33,48 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def resolve_attn_implementation(choice: str = "auto", on_cuda: bool | None = None) -> str:
+    """`model.attn_implementation` for the device this process loads onto: auto = FlashAttention-2 on CUDA when
+    flash-attn is installed, else SDPA; flash_attention_2 without CUDA or without the package is an error."""
+    import importlib.util
+
+    on_cuda = torch.cuda.is_available() if on_cuda is None else on_cuda
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if choice == "auto":
+        return "flash_attention_2" if on_cuda and has_flash else "sdpa"
+    if choice == "flash_attention_2" and not (on_cuda and has_flash):
+        raise AlignkitError("model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn "
+                            "package (" + ("not installed" if on_cuda else "this process sees no GPU") +
+                            "); use auto or sdpa")
+    return choice
+
+
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, attn: str = "auto",
+                   on_cuda: bool | None = None):
+    """A causal LM on the CPU (callers put it on its device with alignkit.device.place_model). `on_cuda`: whether
+    it will compute on a GPU (default: this process sees one), for the attention kernel."""
     from transformers import AutoModelForCausalLM
 
     local = resolve_model_path(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(local, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(local, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                     attn_implementation=resolve_attn_implementation(attn, on_cuda))
     except OSError as exc:
         raise AlignkitError(f"cannot load a model from `{path}`: {str(exc).splitlines()[0]}") from None
     return model
 
 
-def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, pad_token_id=None):
+def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, pad_token_id=None,
+                      attn: str = "auto", on_cuda: bool | None = None):
     """A causal LM backbone with a one-output linear head (`AutoModelForSequenceClassification`, num_labels=1):
     from a causal LM checkpoint the head starts random; from a saved reward model it is loaded."""
     from transformers import AutoModelForSequenceClassification
 
     local = resolve_model_path(path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(local, num_labels=1, dtype=DTYPES[dtype],
-                                                                   trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            local, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+            attn_implementation=resolve_attn_implementation(attn, on_cuda))
     except OSError as exc:
         raise AlignkitError(f"cannot load a reward model from `{path}`: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:  # an architecture without a sequence-classification class

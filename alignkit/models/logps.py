@@ -6,6 +6,8 @@ import inspect
 
 import torch
 
+from alignkit.device import model_device, place
+
 IGNORE = -100
 
 
@@ -58,7 +60,7 @@ def forward_token_logps(module, input_ids: torch.Tensor, attention_mask: torch.T
         logits = module(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask].float()
     log_z = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - log_z
-    lp = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device).masked_scatter(mask, picked)
+    lp = picked.new_zeros(targets.shape).masked_scatter(mask, picked)
     if return_vocab:
         return lp, mask, logits - log_z.unsqueeze(-1)
     return lp, mask
@@ -75,20 +77,22 @@ def shared_prompt_token_logps(module, prompt_ids: list[list[int]], completion_id
     hides; positions are given explicitly. Requires `supports_label_only_head(module)`. Returns (lp [K, Lc], mask
     [K, Lc]) over completion tokens, plus the [N, V] log-distributions at those tokens with `return_vocab`."""
     model = _unwrap(module)
-    device = next(model.parameters()).device
+    device = model_device(model)
     n_prompt, prompt_len = len(prompt_ids), max(len(p) for p in prompt_ids)
     ids = torch.full((n_prompt, prompt_len), pad_token_id, dtype=torch.long)
     prompt_mask = torch.zeros((n_prompt, prompt_len), dtype=torch.long)
     for i, p in enumerate(prompt_ids):
         ids[i, :len(p)], prompt_mask[i, :len(p)] = torch.tensor(p), 1
     lengths = prompt_mask.sum(-1)
-    out = model.base_model(input_ids=ids.to(device), attention_mask=prompt_mask.to(device), use_cache=True,
-                           position_ids=torch.arange(prompt_len).expand(n_prompt, -1).to(device))
+    out = model.base_model(**place(dict(input_ids=ids, attention_mask=prompt_mask, use_cache=True,
+                                        position_ids=torch.arange(prompt_len).expand(n_prompt, -1)), device))
     rows = torch.tensor(owner, dtype=torch.long)
-    last_hidden = out.last_hidden_state[rows, lengths[rows] - 1]  # predicts each completion's first token
+    on_device_rows = place(rows, device)
+    # predicts each completion's first token
+    last_hidden = out.last_hidden_state[on_device_rows, place(lengths[rows] - 1, device)]
     cache_arg = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
     cache = getattr(out, cache_arg)  # transformers >= 5.2x names it `cache`
-    cache.reorder_cache(rows.to(device))  # one cache row per completion
+    cache.reorder_cache(on_device_rows)  # one cache row per completion
 
     n, width = len(completion_ids), max(len(c) for c in completion_ids)
     targets = torch.full((n, width), pad_token_id, dtype=torch.long)
@@ -97,14 +101,14 @@ def shared_prompt_token_logps(module, prompt_ids: list[list[int]], completion_id
         targets[k, :len(c)], mask[k, :len(c)] = torch.tensor(c), True
     attention = torch.cat([prompt_mask[rows], mask.long()], dim=1)
     positions = lengths[rows].unsqueeze(1) + torch.arange(width)
-    hidden = model.base_model(input_ids=targets.to(device), attention_mask=attention.to(device),
-                              position_ids=positions.to(device), **{cache_arg: cache}).last_hidden_state
+    targets, attention, positions, mask = place((targets, attention, positions, mask), device)
+    hidden = model.base_model(input_ids=targets, attention_mask=attention, position_ids=positions,
+                              **{cache_arg: cache}).last_hidden_state
     hidden = torch.cat([last_hidden.unsqueeze(1), hidden[:, :-1]], dim=1)  # position t predicts token t
-    mask = mask.to(device)
     logits = model.get_output_embeddings()(hidden[mask]).float()
     log_z = torch.logsumexp(logits, dim=-1)
-    picked = logits.gather(-1, targets.to(device)[mask].unsqueeze(-1)).squeeze(-1) - log_z
-    lp = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_scatter(mask, picked)
+    picked = logits.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - log_z
+    lp = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
     if return_vocab:
         return lp, mask, logits - log_z.unsqueeze(-1)
     return lp, mask
@@ -116,7 +120,7 @@ def last_token_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_
     keep = attention_mask.bool()
     if pad_token_id is not None:
         keep = keep & (input_ids != pad_token_id)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    positions = place(torch.arange(input_ids.shape[1]), input_ids.device)
     return (positions * keep).argmax(-1)
 
 
@@ -127,7 +131,7 @@ def forward_rewards(module, input_ids: torch.Tensor, attention_mask: torch.Tenso
     model = _unwrap(module)
     head = getattr(model, "score", None)
     index = last_token_index(input_ids, attention_mask, model.config.pad_token_id)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    rows = place(torch.arange(input_ids.shape[0]), input_ids.device)
     if isinstance(head, torch.nn.Linear) and model.base_model is not model:
         hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows, index]
         return head(hidden).squeeze(-1).float(), hidden

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from alignkit.device import place
 from alignkit.objectives.registry import register
 from alignkit.objectives.unlearning_losses import (
     answer_preservation_loss,
@@ -287,7 +288,7 @@ def rmu(inputs: dict, p: RMUParams):
     (MSE to the frozen model's). Pair it with optim.trainable (the original trains layers ℓ-2..ℓ's MLP down
     projections only)."""
     h_f, h_r = inputs["hidden"], inputs["retain_hidden"]
-    control = _control_vector(h_f.shape[-1], p).to(h_f.device, h_f.dtype)
+    control = place(_control_vector(h_f.shape[-1], p), h_f.device).to(h_f.dtype)  # drawn on the host, seeded
     masks = (inputs["attention_mask"], inputs["retain_attention_mask"]) if p.mask == "tokens" else (None, None)
     forget, retain = rmu_loss(h_f, control, h_r, inputs["ref_retain_hidden"].to(h_r.dtype), p.alpha, *masks)
     return forget + p.alpha * retain, {"rmu_forget": forget.detach(), "rmu_retain": retain.detach(),

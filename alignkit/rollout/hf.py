@@ -8,6 +8,7 @@ import time
 import torch
 
 from alignkit.data.encode import EncodeSettings, collate_sft, encode_sft, render_prompt
+from alignkit.device import place, place_model, work_device
 from alignkit.rollout.types import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ class HFEngine:
             torch.set_num_threads(threads)
         start = time.perf_counter()
         self.model_path, self.batch_size = model_path, batch_size
-        self.model = load_causal_lm(model_path, dtype).eval()
+        self.device = work_device()  # the GPU this engine actor reserved (rollout.gpus_per_engine), else the CPU
+        self.model = place_model(load_causal_lm(model_path, dtype, on_cuda=self.device.type == "cuda").eval(),
+                                 self.device)
         self.model.config.use_cache = True
         self.tokenizer = load_tokenizer(model_path)
         self.settings = EncodeSettings(max_length, max_length // 2)
@@ -53,7 +56,7 @@ class HFEngine:
         tok = self.tokenizer
         side, tok.padding_side = tok.padding_side, "left"
         try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = place(dict(tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)), self.device)
         finally:
             tok.padding_side = side
         sample = s.temperature > 0
@@ -97,7 +100,8 @@ class HFEngine:
         result = []
         with torch.no_grad():
             for start in range(0, len(encoded), self.batch_size):
-                batch = collate_sft(encoded[start:start + self.batch_size], self.tokenizer.pad_token_id)
+                batch = place(collate_sft(encoded[start:start + self.batch_size], self.tokenizer.pad_token_id),
+                              self.device)
                 lp, mask = forward_token_logps(self.model, batch["input_ids"], batch["attention_mask"],
                                                batch["labels"])
                 result += [lp[b][mask[b]].tolist() for b in range(lp.shape[0])]
@@ -134,4 +138,4 @@ class _StopOnText:
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
-        return torch.tensor([any(x in t for x in self.stop) for t in texts], device=input_ids.device)
+        return place(torch.tensor([any(x in t for x in self.stop) for t in texts]), input_ids.device)

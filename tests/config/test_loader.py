@@ -159,3 +159,27 @@ def test_online_keys_can_be_swept():
     bad = recipe.derive({"sweep.space": {"online.samples_per_prompt": {"grid": [0, 4]}}})
     with pytest.raises(RecipeError, match="sweep value online.samples_per_prompt=0"):
         _check_values(bad)
+
+
+def test_fp16_is_refused_with_the_reason(recipe_dir):
+    for override, key in (("trainer.precision=fp16", "trainer.precision"), ("model.dtype=float16", "model.dtype")):
+        with pytest.raises(RecipeError, match=rf"`{key}` in command-line overrides: .*without loss scaling.* use "
+                                              r"bf16"):
+            load_recipe(recipe_dir / "base.yaml", [override])
+    assert load_recipe(recipe_dir / "base.yaml", ["model.dtype=bfloat16"]).model.dtype == "bfloat16"
+
+
+def test_attn_implementation_is_validated_and_resolved(recipe_dir):
+    from alignkit.errors import AlignkitError
+    from alignkit.models.loading import load_causal_lm, resolve_attn_implementation
+
+    with pytest.raises(RecipeError, match="model.attn_implementation.*auto, sdpa, flash_attention_2, eager"):
+        load_recipe(recipe_dir / "base.yaml", ["model.attn_implementation=flash"])
+    assert load_recipe(recipe_dir / "base.yaml", ["model.attn_implementation=eager"]).model.attn_implementation == \
+        "eager"
+    assert resolve_attn_implementation("auto", on_cuda=False) == "sdpa"
+    assert resolve_attn_implementation("eager", on_cuda=False) == "eager"
+    with pytest.raises(AlignkitError, match="flash_attention_2 needs a CUDA GPU .* sees no GPU"):
+        resolve_attn_implementation("flash_attention_2", on_cuda=False)
+    assert load_causal_lm("builtin:tiny-llama", attn="eager").config._attn_implementation == "eager"
+    assert load_causal_lm("builtin:tiny-llama").config._attn_implementation == "sdpa"
