@@ -64,13 +64,19 @@ def ray_head(tmp_path):
                 continue
 
 
-@pytest.mark.slow  # ~105 s (its own Ray head); the default suite keeps under 10 minutes on 2 cores
-def test_job_submit_runs_a_recipe(ray_head, tmp_path):
+@pytest.mark.slow  # ~105 s each (its own Ray head); the default suite keeps under 10 minutes on 2 cores
+@pytest.mark.parametrize("recipe,overrides,steps", [
+    ("recipes/dpo/tiny_debug.yaml", ["trainer.max_steps=2", "eval.num_prompts=4"], 2),
+    # an online run in a job: the engine actor and the trainer worker on the job's cluster (0.9 CPU each of 2)
+    ("recipes/online/tiny_debug.yaml", ["online.rounds=1", "cluster.cpus_per_worker=0.9",
+                                        "rollout.cpus_per_engine=0.9"], 2),
+])
+def test_job_submit_runs_a_recipe(ray_head, tmp_path, recipe, overrides, steps):
     address, env = ray_head
     out = tmp_path / "run"
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-           "--runtime-env", "cluster/runtime_env.yaml", "--", "python", "launch.py", "recipes/dpo/tiny_debug.yaml",
-           f"run.output_dir={out}", "trainer.max_steps=2", "eval.num_prompts=4"]
+           "--runtime-env", "cluster/runtime_env.yaml", "--", "python", "launch.py", recipe,
+           f"run.output_dir={out}", *overrides]
     start = time.perf_counter()
     for _ in range(30):  # the head answers HTTP before its job agent is up: "No available agent to submit job"
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
@@ -80,6 +86,6 @@ def test_job_submit_runs_a_recipe(ray_head, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 2
+    assert records[-1]["step"] == steps
     assert (out / "final" / "model.safetensors").exists() and (out / "report.md").exists()
     print(f"job submit to SUCCEEDED: {time.perf_counter() - start:.1f} s")

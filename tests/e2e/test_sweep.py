@@ -26,6 +26,18 @@ def test_two_trial_sweep(tmp_path):
     assert dry.returncode == 0, dry.stderr
 
 
+@pytest.mark.slow  # ~2 min: two whole online runs, each with its engine actor and trainer worker
+def test_a_sweep_of_an_online_recipe(tmp_path):
+    out = tmp_path / "online_sweep"
+    proc = launch("recipes/sweeps/online_tiny.yaml", f"run.output_dir={out}", "--sweep", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.DictReader(open(tmp_path / "online_sweep-sweep" / "results.csv")))
+    assert len(rows) == 2 and all(r["finished"] == "True" for r in rows)
+    assert {int(float(r["online.samples_per_prompt"])) for r in rows} == {2, 4}
+    for r in rows:  # each trial is an online run directory with its rounds
+        assert (tmp_path / "online_sweep-sweep" / r["trial"] / "rounds.json").exists()
+
+
 def test_sweep_validation_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: " + str(__import__("tests.conftest").conftest.REPO / "recipes/sweeps/tiny_lr_beta.yaml")
