@@ -254,6 +254,24 @@ def _params_of_other_objectives(name: str) -> set[str]:
     return {f.name for other, o in _REGISTRY.items() if other != name for f in dataclasses.fields(o.params_cls)}
 
 
+def _check_scheduler(recipe: Recipe, need) -> None:
+    """optim.scheduler with its warm-up and scheduler_kwargs, built once on a throwaway optimizer (transformers
+    checks the arguments each schedule needs)."""
+    import torch
+    from transformers import get_scheduler
+
+    o = recipe.optim
+    need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    need(not (o.scheduler == "constant" and o.warmup_steps), "optim.warmup_steps",
+         "the constant schedule has no warm-up; use optim.scheduler: constant_with_warmup")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps,
+                      num_training_steps=recipe.trainer.max_steps, scheduler_specific_kwargs=dict(o.scheduler_kwargs))
+    except (TypeError, ValueError, AssertionError) as exc:
+        need(False, "optim.scheduler_kwargs", f"not valid for optim.scheduler {o.scheduler}: {exc}")
+
+
 def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     """Checks across keys: everything a worker would otherwise discover too late."""
     from alignkit.objectives import get_objective
@@ -285,6 +303,10 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(recipe.model.dtype != "float16", "model.dtype", f"float16 weights would train {fp16}: model.dtype "
          "bfloat16, or float32 with trainer.precision bf16")
     need(t.max_steps > 0, "trainer.max_steps", f"must be > 0, got {t.max_steps}")
+    need(t.num_epochs is None or t.num_epochs > 0, "trainer.num_epochs", f"must be > 0, got {t.num_epochs}")
+    need(t.num_epochs is None or o.rounds == 0, "trainer.num_epochs",
+         "an online run's steps are online.rounds x online.steps_per_round; remove trainer.num_epochs")
+    _check_scheduler(recipe, need)
     need(t.micro_batch_size > 0, "trainer.micro_batch_size", f"must be > 0, got {t.micro_batch_size}")
     need(t.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {t.grad_accum}")
     need(t.zero_stage in (0, 1, 2, 3), "trainer.zero_stage", f"must be one of 0, 1, 2, 3; got {t.zero_stage}")

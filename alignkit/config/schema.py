@@ -83,8 +83,14 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    # transformers.get_scheduler's schedules, computed by transformers (the same learning rate as a TRL/HF Trainer run
+    # with the same settings at every step): warm-up from 0 over warmup_steps. `constant` has no warm-up (use
+    # constant_with_warmup); cosine_with_min_lr needs scheduler_kwargs {min_lr_rate: 0.1} (or min_lr);
+    # warmup_stable_decay needs {num_decay_steps: N}.
+    scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr",
+                       "warmup_stable_decay"] = "constant"
     warmup_steps: int = 0
+    scheduler_kwargs: dict = field(default_factory=dict)
     max_grad_norm: float = 1.0  # 0 disables clipping
     # Regexes over parameter names: only matching parameters train (e.g. RMU's
     # ["layers\\.(5|6|7)\\.mlp\\.down_proj\\.weight"]); empty = all parameters.
@@ -94,6 +100,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 100  # optimizer steps
+    num_epochs: float | None = None  # instead of max_steps: passes over the training set (max_steps is computed)
     micro_batch_size: int = 4  # examples (pairs for DPO) per worker per forward
     grad_accum: int = 1
     backend: Literal["deepspeed", "torch"] = "deepspeed"
@@ -126,7 +133,7 @@ class EvalConfig:
     generate: bool = True  # greedy generations on held-out prompts, scored by the dataset's checker
     num_prompts: int = 64
     max_new_tokens: int = 32
-    batch_size: int = 16
+    batch_size: int = 16  # examples per forward of the held-out loss pass and of the generations (per worker)
     compare_to_start: bool = True  # also evaluate the starting model, so the report shows before vs after
     # Reward models: the evaluation suite run on the trained model (held-out sets incl. distribution-shifted ones,
     # counterfactual length edits, best-of-n selection, calibration). See evals/reward.yaml.

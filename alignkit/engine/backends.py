@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -26,19 +25,13 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup, total, kind = recipe.optim.warmup_steps, recipe.trainer.max_steps, recipe.optim.scheduler
+    """The recipe's schedule as transformers computes it (what TRL and the HF Trainer use)."""
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    o = recipe.optim
+    return get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps,
+                         num_training_steps=recipe.trainer.max_steps,
+                         scheduler_specific_kwargs=dict(o.scheduler_kwargs) or None)
 
 
 class Placement:

@@ -156,7 +156,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
     writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None)
-    batch_size = t.micro_batch_size * 2
+    batch_size = t.micro_batch_size * 2  # the reference pass (no gradients: twice the training micro-batch)
+    eval_batch = recipe.eval.batch_size  # the held-out loss pass
     source = hooks.source or StaticSource(data.train, recipe.run.seed, t.micro_batch_size, t.grad_accum)
 
     mode = recipe.reference.mode
@@ -204,7 +205,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     metric_keys = ["loss", *objective.metric_names]
     last_eval: dict[str, float] = {}
     if data.eval and start_step == 0:
-        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size, metric_keys,
+        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, eval_batch, metric_keys,
                              backend.place)
         writer.write({"step": 0, **last_eval})
     if start_step == 0 and hasattr(source, "start_metrics"):  # an online run's held-out curve starts here
@@ -273,7 +274,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             record["train/skipped_batches"] = skipped
         is_last = step + 1 == t.max_steps
         if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
-            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, batch_size,
+            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, eval_batch,
                                  metric_keys, backend.place)
             record.update(last_eval)
         online = hasattr(source, "round_metrics")  # every step of an online run is logged: rounds add them up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import time
 from dataclasses import dataclass
@@ -168,8 +169,10 @@ class TrainedRun:
     info: dict  # prepare_data's info: stats, eval rows, spurious binning
     train_seconds: float
     started: float  # perf_counter at the start of the run
+    recipe: Recipe | None = None  # as trained (trainer.max_steps computed from trainer.num_epochs)
 
     def facts(self, recipe: Recipe, extra_data: str = "") -> dict:
+        recipe = self.recipe or recipe
         t, stats = recipe.trainer, self.info["stats"]
         return {
             "recipe": recipe.source, "model": recipe.model.path,
@@ -213,6 +216,7 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
     model_dir = resolve_model_path(recipe.model.path)
     encoded, info = prepare_data(recipe)
     stats = info["stats"]
+    recipe = with_epochs(recipe, stats["train_rows"])
     t = recipe.trainer
     log.info("model %s; data: %d train rows from %s, %d held-out rows; prepared in %.1f s", recipe.model.path,
              stats["train_rows"], stats["train_origin"], stats["eval_rows"], time.perf_counter() - t0)
@@ -234,7 +238,18 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
         raise
     if own:
         run_dir.commit()
-    return TrainedRun(out, model_dir, info, time.perf_counter() - t1, started)
+    return TrainedRun(out, model_dir, info, time.perf_counter() - t1, started, recipe)
+
+
+def with_epochs(recipe: Recipe, train_rows: int) -> Recipe:
+    """With trainer.num_epochs, the recipe with trainer.max_steps = ceil(num_epochs x rows / global batch)."""
+    epochs = recipe.trainer.num_epochs
+    if epochs is None:
+        return recipe
+    steps = max(1, math.ceil(epochs * train_rows / recipe.global_batch_size))
+    log.info("trainer.num_epochs %g over %d training records at a global batch of %d: trainer.max_steps = %d", epochs,
+             train_rows, recipe.global_batch_size, steps)
+    return recipe.derive({"trainer.max_steps": steps})
 
 
 def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
