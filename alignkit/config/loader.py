@@ -402,8 +402,8 @@ def check_sweep(recipe: Recipe, where) -> None:
             if not low < high or (kind == "loguniform" and low <= 0):
                 raise RecipeError(f"`sweep.space.{key}.{kind}` in {origin} must be {SEARCH_KINDS[kind]}, "
                                   f"got {arg!r}")
-    if sw.space and not sw.metric.startswith(("eval/", "gen/", "train/", "reward/")):
-        raise RecipeError(f"`sweep.metric` in {where('sweep.metric')} must be an eval/, gen/, train/ or "
+    if sw.space and not sw.metric.startswith(("eval/", "gen/", "train/", "reward/", "online/")):
+        raise RecipeError(f"`sweep.metric` in {where('sweep.metric')} must be an eval/, gen/, train/, online/ or "
                           "reward/<set>/<metric> metric")
     if sw.num_samples < 1 or sw.max_concurrent_trials < 1 or sw.trial_cpus <= 0:
         raise RecipeError(f"`sweep` in {where('sweep')}: num_samples and max_concurrent_trials must be >= 1 and "

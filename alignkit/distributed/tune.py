@@ -76,15 +76,17 @@ def _trial(config: dict, run) -> None:
     thread.start()
     reported = 0
     last_eval: dict = {}
+    online: dict = {}  # online runs: the latest value of every online/ metric (round and held-out metrics)
     while True:
         alive = thread.is_alive()
         if metrics_path.exists():
             lines = metrics_path.read_text().splitlines()
             for line in lines[reported:]:
                 record = json.loads(line)
-                evals = {k: v for k, v in record.items() if k.startswith("eval/")}
+                online.update({k: v for k, v in record.items() if k.startswith("online/")})
+                evals = {k: v for k, v in record.items() if k.startswith("eval/") or k.startswith("online/eval")}
                 if evals and record["step"] > 0:
-                    last_eval = {**evals, **{k: v for k, v in record.items() if k.startswith("train/")}}
+                    last_eval = {**evals, **online, **{k: v for k, v in record.items() if k.startswith("train/")}}
                     tune.report({**last_eval, "step": record["step"], "done": False})
             reported = len(lines)
         if not alive:
@@ -93,7 +95,7 @@ def _trial(config: dict, run) -> None:
     if "error" in outcome:
         raise outcome["error"]
     behaviour_path = Path(recipe.output_dir) / "behaviour.json"
-    final = dict(last_eval)
+    final = {**last_eval, **online}
     if behaviour_path.exists():
         final.update(json.loads(behaviour_path.read_text())["final"]["metrics"])
     reward_path = Path(recipe.output_dir) / "reward_eval.json"
