@@ -54,8 +54,10 @@ def place(obj, device: torch.device | str):
 
 
 def place_model(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """The model's parameters and buffers on `device` (in place; returns the model)."""
-    model.to(device)
+    """The model's parameters and buffers on `device` (in place; returns the model). A quantized model (QLoRA's
+    4-bit base) is loaded onto its GPU and cannot be moved."""
+    if getattr(model, "hf_quantizer", None) is None:
+        model.to(device)
     if observers:
         for tensor in [*model.parameters(), *model.buffers()]:
             for observe in observers:

@@ -125,8 +125,11 @@ def _build(cls, data: Any, prefix: str, where):
         if key not in fields:
             raise RecipeError(_unknown_key_message(dotted, where(dotted), [f"{prefix}{k}" for k in fields]))
         hint = hints[key]
+        optional = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]  # `Settings | None`
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value if value is not None else {}, dotted + ".", where)
+        elif optional and type(None) in typing.get_args(hint):
+            values[key] = None if value is None else _build(optional[0], value, dotted + ".", where)
         else:
             values[key] = _coerce(value, hint, dotted, where)
     return cls(**values)
@@ -307,6 +310,24 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(t.num_epochs is None or o.rounds == 0, "trainer.num_epochs",
          "an online run's steps are online.rounds x online.steps_per_round; remove trainer.num_epochs")
     _check_scheduler(recipe, need)
+    import importlib.util
+
+    for name in recipe.run.loggers:
+        need(name == "jsonl" or importlib.util.find_spec(name) is not None, "run.loggers",
+             f"{name} needs the {name} package (pip install {name})")
+    lora = recipe.model.lora
+    if lora is not None:
+        need(lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, "model.lora",
+             f"r must be >= 1, alpha > 0 and dropout in [0, 1); got r {lora.r}, alpha {lora.alpha}, dropout "
+             f"{lora.dropout}")
+        need(not recipe.optim.trainable, "optim.trainable",
+             "does not compose with model.lora: with LoRA only the adapters train; name modules to train in full "
+             "in model.lora.modules_to_save")
+        need(not lora.load_in_4bit or c.use_gpu, "model.lora.load_in_4bit",
+             "QLoRA keeps the base model in 4-bit NF4 through bitsandbytes' CUDA kernels, so it needs GPU workers "
+             "(cluster.use_gpu: true); on CPUs use LoRA without it")
+        need(not lora.load_in_4bit or recipe.trainer.backend == "torch" or recipe.trainer.zero_stage < 3,
+             "model.lora.load_in_4bit", "4-bit weights cannot be sharded by ZeRO-3; use zero_stage 0-2")
     need(t.micro_batch_size > 0, "trainer.micro_batch_size", f"must be > 0, got {t.micro_batch_size}")
     need(t.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {t.grad_accum}")
     need(t.zero_stage in (0, 1, 2, 3), "trainer.zero_stage", f"must be one of 0, 1, 2, 3; got {t.zero_stage}")

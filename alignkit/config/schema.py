@@ -19,6 +19,22 @@ class RunConfig:
     # An output directory that already holds a run is refused unless this is true: then the earlier run's files are
     # replaced, but only once this run finishes (a failed run restores them). See alignkit/rundir.py.
     overwrite: bool = False
+    # metrics.jsonl is always written; these trackers get the same records and the resolved recipe (rank 0)
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["jsonl"])
+    project: str = "alignkit"  # the W&B project / the MLflow experiment (a sweep's trials: run.group)
+    group: str | None = None  # sweeps set it to the sweep's name: its trials are grouped in W&B and MLflow
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT (`model.lora`; null = full fine-tuning)."""
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # module names or PEFT's "all-linear" (every linear layer but the output head)
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] = field(default_factory=list)  # modules trained in full beside the adapters
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA GPUs only)
 
 
 @dataclass
@@ -30,6 +46,7 @@ class ModelConfig:
     # the attention kernel: auto = FlashAttention-2 on a CUDA GPU when the flash-attn package is installed, else
     # PyTorch's SDPA; eager is the reference implementation (slow, but returns attention weights)
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
+    lora: LoraConfig | None = None  # LoRA adapters; the reference is the same model with its adapters disabled
 
 
 @dataclass

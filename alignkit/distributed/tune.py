@@ -62,6 +62,7 @@ def _trial(config: dict, run) -> None:
     trial_name = f"{config['name']}_{trial_id}"
     recipe = with_overrides(config["base"], values, config["source"])
     recipe.run.name = trial_name
+    recipe.run.group = config["name"]  # trackers group a sweep's trials under the sweep's name
     recipe.run.output_dir = str(Path(config["sweep_dir"]) / trial_name)
     metrics_path = Path(recipe.output_dir) / "metrics.jsonl"
     outcome: dict = {}

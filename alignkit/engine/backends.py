@@ -35,8 +35,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.op
 
 
 class Placement:
-    """The device seam of a backend."""
+    """The device seam of a backend, and the weights it exports."""
     device: torch.device
+    lora_scaling: float | None = None  # alpha / r of a LoRA run: exports merge the adapters
+
+    def state_dict_for_export(self, raw: bool = False) -> dict[str, torch.Tensor] | None:
+        """Full weights on rank 0 (None elsewhere), under the plain model's names with any LoRA adapters merged in
+        (what the rollout engines and `final/` take); `raw`: the module's own state dict. Call on every rank."""
+        state = self._full_state()
+        if raw or state is None or self.lora_scaling is None:
+            return state
+        from alignkit.models.lora import merged_state
+
+        return merged_state(state, self.lora_scaling)
 
     def place(self, obj):
         return place(obj, self.device)
@@ -95,7 +106,7 @@ class TorchBackend(Placement):
         self.scheduler.load_state_dict(state["scheduler"])
         self._micro = state["micro"]
 
-    def state_dict_for_export(self) -> dict[str, torch.Tensor]:
+    def _full_state(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
 
 
@@ -165,7 +176,7 @@ class DeepSpeedBackend(Placement):
 
             raise AlignkitError(f"no DeepSpeed checkpoint under {directory}/engine")
 
-    def state_dict_for_export(self) -> dict[str, torch.Tensor] | None:
+    def _full_state(self) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (None elsewhere); call on every rank. ZeRO-3 shards are gathered one parameter at a
         time and copied to CPU, so no device ever holds the whole model at once."""
         model = self.engine.module
@@ -192,4 +203,7 @@ def make_backend(model: torch.nn.Module, recipe: Recipe, device: torch.device | 
     """`device`: where to train (default: cuda:<local rank> with cluster.use_gpu, else cpu)."""
     device = device if device is not None else work_device(recipe.cluster.use_gpu)
     cls = DeepSpeedBackend if recipe.trainer.backend == "deepspeed" else TorchBackend
-    return cls(model, recipe, device)
+    backend = cls(model, recipe, device)
+    if recipe.model.lora is not None:
+        backend.lora_scaling = recipe.model.lora.alpha / recipe.model.lora.r
+    return backend

@@ -30,9 +30,11 @@ from alignkit.engine.sources import (  # noqa: F401
     stream_indices,
     worker_micro_batches,
 )
+from alignkit.engine.trackers import Trackers
 from alignkit.errors import AlignkitError
 from alignkit.kinds import get_kind
 from alignkit.models.loading import DTYPES, load_causal_lm, load_reward_model, load_tokenizer
+from alignkit.models.lora import adapter_state, apply_lora, merged_state, peft_model_of, scaling_of
 from alignkit.objectives import get_objective
 
 log = logging.getLogger(__name__)
@@ -144,18 +146,26 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     load = dict(attn=m.attn_implementation, on_cuda=recipe.cluster.use_gpu)
     if model is None:
         model = (load_reward_model(m.path, m.dtype, m.trust_remote_code, load_tokenizer(m.path).pad_token_id, **load)
-                 if get_kind(data.kind).reward_model else load_causal_lm(m.path, m.dtype, m.trust_remote_code, **load))
+                 if get_kind(data.kind).reward_model else
+                 load_causal_lm(m.path, m.dtype, m.trust_remote_code, **load,
+                                load_in_4bit=m.lora is not None and m.lora.load_in_4bit))
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
     model.train()
     freeze_except(model, recipe.optim.trainable)
+    if m.lora is not None and peft_model_of(model) is None:  # (a resumed relearn passes a plain model too)
+        model = apply_lora(model, m.lora, reward_model=get_kind(data.kind).reward_model)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("model.lora: r %d, alpha %g on %s: %d trainable weights of %d", m.lora.r, m.lora.alpha,
+                 m.lora.target_modules, trainable, sum(p.numel() for p in model.parameters()))
     backend = make_backend(model, recipe)  # the model on its device; every batch follows through backend.place
     collate = batch_maker(data.kind, data.pad_id, backend.place)
     ctx = backend.forward_context()
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-    writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None)
+    trackers = Trackers(recipe, output_dir, enabled=rank == 0)
+    writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None, trackers)
     batch_size = t.micro_batch_size * 2  # the reference pass (no gradients: twice the training micro-batch)
     eval_batch = recipe.eval.batch_size  # the held-out loss pass
     source = hooks.source or StaticSource(data.train, recipe.run.seed, t.micro_batch_size, t.grad_accum)
@@ -186,10 +196,13 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         log.info("reference log-probs ready for the %d train examples this run visits and %d eval examples "
                  "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
     elif mode == "live":
-        ref_model = backend.place_model(load_causal_lm(recipe.reference.path or m.path, m.dtype, m.trust_remote_code,
-                                                       **load))
-        references["train"] = references["eval"] = LiveReference(
-            ref_model, ctx, vocab=objective.distributions or "retain_vocab" in objective.needs)
+        vocab = objective.distributions or "retain_vocab" in objective.needs
+        if m.lora is not None and not recipe.reference.path:  # the policy with its adapters off: no second model
+            references["train"] = references["eval"] = LiveReference.adapters_off(backend.module, ctx, vocab)
+        else:
+            ref_model = backend.place_model(load_causal_lm(recipe.reference.path or m.path, m.dtype,
+                                                           m.trust_remote_code, **load))
+            references["train"] = references["eval"] = LiveReference(ref_model, ctx, vocab)
 
     start_step, tokens_seen = 0, 0
     if hooks.resume_dir is not None:
@@ -293,6 +306,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", refresh=False)
     if progress is not None:
         progress.close()
+    trackers.close()
     final = export_model(backend, model, recipe, output_dir / "final", rank)
     pushed = hooks.on_final_weights(final) if hooks.on_final_weights is not None and final is not None else {}
     return {**last_train, **last_eval, "train/tokens": tokens_seen, **pushed}
@@ -300,21 +314,32 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
 
 def export_model(backend, model, recipe: Recipe, path: Path, rank: int) -> dict | None:
     """A Hugging Face directory (safetensors) loadable by AutoModelForCausalLM.from_pretrained; rank 0 writes it and
-    gets the exported weights back (None on other ranks)."""
-    state = backend.state_dict_for_export()  # collective under ZeRO-3: every rank calls it
+    gets the exported weights back (None on other ranks). With LoRA: the adapters merged into the weights, and the
+    adapters alone in `<path>_adapter` (PEFT's format)."""
+    state = backend.state_dict_for_export(raw=True)  # collective under ZeRO-3: every rank calls it
     if rank != 0 or state is None:
         return None
     from alignkit.models.loading import load_tokenizer
 
     dtype = DTYPES[recipe.model.dtype]
+    target = model.module if hasattr(model, "module") else model
+    peft = peft_model_of(target)
+    if peft is not None:
+        adapter_dir = path.with_name(path.name + "_adapter")
+        peft.save_pretrained(adapter_dir.with_name(adapter_dir.name + ".tmp"), state_dict=adapter_state(state))
+        _replace_dir(adapter_dir.with_name(adapter_dir.name + ".tmp"), adapter_dir)
+        state, target = merged_state(state, scaling_of(recipe.model.lora)), peft.get_base_model()
     state = {k: v.to(dtype) for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
-    target = model.module if hasattr(model, "module") else model
     target.save_pretrained(tmp, state_dict=dict(state))  # a copy: save_pretrained drops tied weights from it
     load_tokenizer(recipe.model.path).save_pretrained(tmp)
+    _replace_dir(tmp, path)
+    return state
+
+
+def _replace_dir(new: Path, path: Path) -> None:
     if path.exists():
         import shutil
 
         shutil.rmtree(path)
-    os.replace(tmp, path)
-    return state
+    os.replace(new, path)

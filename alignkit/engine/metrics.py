@@ -10,16 +10,18 @@ from alignkit.engine.dist import all_reduce_sum, rank_world
 
 
 class MetricsWriter:
-    """Rank 0 appends one JSON object per line to metrics.jsonl."""
+    """Rank 0 appends one JSON object per line to metrics.jsonl, and hands it to the run's trackers."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    def __init__(self, path: Path | None, trackers=None):
+        self.path, self.trackers = path, trackers  # engine/trackers.py Trackers: the same records
 
     def write(self, record: dict) -> None:
         if self.path is None:
             return
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
 
 
 class MetricSums:

@@ -2,6 +2,7 @@
 (`precompute`: no second model in memory while training), or a frozen model run beside the policy (`live`)."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -10,6 +11,7 @@ from alignkit.device import host
 from alignkit.engine.dist import all_reduce_sum, rank_world
 from alignkit.engine.sources import sharded_eval_batches
 from alignkit.models.logps import capture_hidden, forward_batch
+from alignkit.models.lora import adapters_off
 
 
 class PrecomputedReference:
@@ -65,12 +67,35 @@ class PrecomputedReference:
 
 
 class LiveReference:
-    """A frozen copy of the reference model run beside the policy."""
+    """A frozen copy of the reference model run beside the policy; or, with `adapters_of` (a LoRA run), the policy
+    itself with its adapters disabled (no second model in memory)."""
 
-    def __init__(self, model, ctx, vocab: bool = False):
-        self.model, self.ctx, self.vocab = model.eval(), ctx, vocab
-        model.config.use_cache = False  # one forward per batch: a KV cache would only take memory
+    def __init__(self, model, ctx, vocab: bool = False, adapters_of=None):
+        self.model, self.ctx, self.vocab = model, ctx, vocab
+        self.adapters_of = adapters_of
+        if adapters_of is None:
+            model.eval()
+            model.config.use_cache = False  # one forward per batch: a KV cache would only take memory
         self._recent: list[tuple[dict, dict]] = []
+
+    @classmethod
+    def adapters_off(cls, policy, ctx, vocab: bool = False) -> LiveReference:
+        return cls(policy, ctx, vocab, adapters_of=policy)
+
+    @contextlib.contextmanager
+    def _frozen(self):
+        """No gradients; for the adapters-off reference also no adapters and no dropout (eval mode)."""
+        if self.adapters_of is None:
+            with torch.no_grad():
+                yield
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), adapters_off(self.adapters_of):
+                yield
+        finally:
+            self.model.train(was_training)
 
     def _outputs(self, batch: dict) -> dict:
         # One reference forward per batch, shared by logps(), token_logps() and vocab_logps(); the last four batches
@@ -78,7 +103,7 @@ class LiveReference:
         for seen, out in self._recent:
             if seen is batch:
                 return out
-        with torch.no_grad():
+        with self._frozen():
             out = forward_batch(self.model, batch, self.ctx, vocab=self.vocab)
         self._recent = [*self._recent[-3:], (batch, out)]
         return out
@@ -94,6 +119,6 @@ class LiveReference:
 
     def hidden(self, batch: dict, layer: int) -> torch.Tensor:
         """The frozen model's hidden state after decoder layer `layer` [B, T, d]."""
-        with torch.no_grad(), capture_hidden(self.model, layer) as seen:
+        with self._frozen(), capture_hidden(self.model, layer) as seen:
             forward_batch(self.model, batch, self.ctx)
         return seen[-1]

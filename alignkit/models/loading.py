@@ -49,16 +49,38 @@ def resolve_attn_implementation(choice: str = "auto", on_cuda: bool | None = Non
     return choice
 
 
+def quantization_4bit(dtype: str):
+    """QLoRA's frozen base: 4-bit NF4 with double quantization, computing in the recipe's dtype (bitsandbytes)."""
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise AlignkitError("model.lora.load_in_4bit: 4-bit weights need bitsandbytes' CUDA kernels and this process "
+                            "sees no GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise AlignkitError("model.lora.load_in_4bit needs the bitsandbytes package (pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    compute = DTYPES["bfloat16" if dtype == "float32" else dtype]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, attn: str = "auto",
-                   on_cuda: bool | None = None):
+                   on_cuda: bool | None = None, load_in_4bit: bool = False):
     """A causal LM on the CPU (callers put it on its device with alignkit.device.place_model). `on_cuda`: whether
-    it will compute on a GPU (default: this process sees one), for the attention kernel."""
+    it will compute on a GPU (default: this process sees one), for the attention kernel. `load_in_4bit`: QLoRA's
+    4-bit base, loaded straight onto this process's GPU."""
     from transformers import AutoModelForCausalLM
 
     local = resolve_model_path(path)
+    quantized = {}
+    if load_in_4bit:
+        quantized = {"quantization_config": quantization_4bit(dtype),
+                     "device_map": {"": torch.cuda.current_device()}}
     try:
         model = AutoModelForCausalLM.from_pretrained(local, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                                                     attn_implementation=resolve_attn_implementation(attn, on_cuda))
+                                                     attn_implementation=resolve_attn_implementation(attn, on_cuda),
+                                                     **quantized)
     except OSError as exc:
         raise AlignkitError(f"cannot load a model from `{path}`: {str(exc).splitlines()[0]}") from None
     return model

@@ -31,7 +31,10 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 def _unwrap(module):
-    return getattr(module, "module", module)  # DeepSpeedEngine -> the HF model
+    """DeepSpeedEngine / PeftModel -> the Hugging Face model (with LoRA layers, if any, in place)."""
+    module = getattr(module, "module", module)
+    get_base = getattr(type(module), "get_base_model", None)  # peft.PeftModel
+    return module.get_base_model() if get_base is not None else module
 
 
 def supports_label_only_head(module) -> bool:

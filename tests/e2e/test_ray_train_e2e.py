@@ -68,3 +68,24 @@ def test_offload_and_bf16_runs(tmp_path, overrides):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["eval/loss"] < records[0]["eval/loss"]
+
+
+@pytest.mark.slow  # ~35 s per stage
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_lora_under_every_zero_stage(tmp_path, tiny_model_dir, stage):
+    """LoRA with 2 DeepSpeed workers: the merged export (gathered from shards under ZeRO-3) equals base + adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    proc = launch("recipes/dpo/tiny_debug.yaml", "model.lora={r: 4, alpha: 8}", f"trainer.zero_stage={stage}",
+                  "eval.generate=false", f"run.output_dir={out}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = torch.tensor([[1, 520, 3210, 88, 17, 4021, 9]])
+    merged = AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                        out / "final_adapter").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        a, b, c = merged(ids).logits, adapted(ids).logits, base(ids).logits
+    assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, c, atol=1e-4)
