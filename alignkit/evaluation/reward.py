@@ -12,12 +12,10 @@ For every held-out set of a suite (`evals/reward.yaml`), on pairs (x, y_w, y_l):
   candidates; `bon_padded` = fraction picking a padded candidate (1/3 ... 2/3 expected if length did not matter).
 
 Rewards are scored exactly as in training (`models/logps.forward_rewards`). Run on any checkpoint with
-`python -m alignkit.evaluation.reward MODEL_DIR --suite evals/reward.yaml`.
+`alignkit eval reward model.path=MODEL_DIR`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import time
@@ -264,31 +262,3 @@ def calibration_plot(results: dict[str, dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alignkit.evaluation.reward",
-                                     description="Evaluate a saved reward model with a suite (evals/reward.yaml).")
-    parser.add_argument("model", help="a reward model directory (e.g. runs/<name>/final)")
-    parser.add_argument("--suite", default="evals/reward.yaml")
-    parser.add_argument("--out", default=None, help="write reward_eval.json and calibration.png here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from alignkit.models.loading import check_model_source
-
-    suite = load_suite(args.suite, key="--suite")  # both checked before any model is loaded
-    check_model_source(args.model)
-    results = run_suite(args.model, suite)
-    print(results_table(results))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "reward_eval.json").write_text(json.dumps(results, indent=1))
-        calibration_plot(results, out / "calibration.png")
-    return 0
-
-
-if __name__ == "__main__":
-    from alignkit.errors import run_command
-
-    raise SystemExit(run_command(main))

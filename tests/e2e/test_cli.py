@@ -99,16 +99,79 @@ def test_switched_objective_names_the_stale_parameter():
                        "the recipe sets no key `objective.nothing`")
 
 
-@pytest.mark.parametrize("module", ["alignkit.evaluation.reward", "alignkit.evaluation.unlearning"])
-def test_side_entry_points_give_one_error_line(module, tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-    assert_clean_error(run(str(tmp_path), "--suite", "evals/missing.yaml"),
-                       "evaluation suite evals/missing.yaml does not exist (--suite)")
+@pytest.mark.parametrize("suite", ["reward", "unlearning"])
+def test_eval_gives_one_error_line(suite, tmp_path):
+    assert_clean_error(launch("eval", "evals/missing.yaml", f"model.path={tmp_path}"),
+                       "suite `evals/missing.yaml` is neither a file nor a shipped suite")
     run_dir = tmp_path / "a_run"
     (run_dir / "final").mkdir(parents=True)
     (run_dir / "final" / "config.json").write_text("{}")
-    assert_clean_error(run(str(run_dir)), f"{run_dir} is a run directory, not a model directory; its trained model "
-                                          f"is {run_dir / 'final'}")
+    assert_clean_error(launch("eval", suite, f"model.path={run_dir}"),
+                       f"{run_dir} is a run directory, not a model directory; its trained model is {run_dir / 'final'}")
+
+
+# ------------------------------------------------------------------------------------- the `alignkit` command
+def test_list_verbs(capsys):
+    from alignkit.cli import main
+
+    for what, expected in (("objectives", ["dpo ", "pmpo ", "npo_rt ", "causal_rm "]),
+                           ("datasets", ["builtin:concise_arithmetic", "builtin:fictitious_authors"]),
+                           ("recipes", ["quickstart ", "dpo/tiny_debug ", "online/pmpo_builtin "]),
+                           ("suites", ["reward ", "unlearning_tofu "])):
+        assert main(["list", what]) == 0
+        out = capsys.readouterr().out
+        assert all(e in out for e in expected), (what, out)
+    assert "online/_builtin_base" not in out  # bases are not listed
+
+
+def test_shipped_names_flags_anywhere_and_other_directories(tmp_path):
+    """`alignkit run NAME` from any directory; flags before, between and after the overrides."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args in (["run", "quickstart", "--dry-run", "optim.lr=1e-4"],
+                 ["run", "--dry-run", "quickstart", "optim.lr=1e-4"],
+                 ["run", "recipes/quickstart.yaml", "optim.lr=1e-4", "--dry-run", "trainer.max_steps=3"]):
+        proc = subprocess.run([sys.executable, "-m", "alignkit.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env=env, timeout=120)
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
+        assert "lr: 0.0001" in proc.stdout and "objective:" in proc.stdout
+    assert "max_steps: 3" in proc.stdout
+    proc = launch("recipes/quickstart.yaml", "--dry-run", "optim.lr=1")  # launch.py: flags before overrides too
+    assert proc.returncode == 0 and "lr: 1.0" in proc.stdout, proc.stderr
+
+
+def test_cli_errors():
+    assert_clean_error(launch("no_such_recipe", "--dry-run"),
+                       "recipe `no_such_recipe` is neither a file nor a shipped recipe (`alignkit list recipes`")
+    assert_clean_error(launch("eval", "reward"), "alignkit eval needs model.path=DIR")
+    assert_clean_error(launch("eval", "reward", "model.path=/x", "retain.path=/y"),
+                       "retain.path is for unlearning suites")
+    assert_clean_error(launch("eval", "reward", "model=/x"), "alignkit eval takes model.path=DIR and retain.path=DIR")
+
+
+@pytest.mark.slow  # builds and installs the package (~1 min)
+def test_a_non_editable_install_has_the_command_recipes_and_suites(tmp_path):
+    """pip install (not editable) into a fresh target; from another directory the installed `alignkit` lists and
+    dry-runs the shipped recipes (package data), with no repository on the path."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(REPO)], check=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import alignkit; print(alignkit.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(site))
+    listed = subprocess.run([str(site / "bin" / "alignkit"), "list", "recipes"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "quickstart" in listed.stdout and "unlearn/npo_rt_builtin" in listed.stdout
+    dry = subprocess.run([str(site / "bin" / "alignkit"), "run", "unlearn/npo_rt_builtin", "--dry-run"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]

@@ -147,8 +147,12 @@ def test_cli_on_any_checkpoint(tmp_path, tiny_model_dir, capsys):
     forget, retain = _tofu(tmp_path, "f", 3), _tofu(tmp_path, "r", 3)
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"sets:\n  forget: {{data: {forget}}}\n  retain: {{data: {retain}}}\nmax_new_tokens: 3\n")
-    assert ue.main([f"tiny={tiny_model_dir}", "--suite", str(suite), "--retain-model", str(tiny_model_dir),
-                    "--out", str(tmp_path / "out"), "--threads", "1"]) == 0
+    from alignkit.cli import main
+
+    model = tmp_path / "tiny"
+    model.symlink_to(tiny_model_dir)
+    assert main(["eval", str(suite), f"model.path={model}", "--out", str(tmp_path / "out"),
+                 f"retain.path={tiny_model_dir}"]) == 0  # (flags and settings in any order)
     table = capsys.readouterr().out
     assert "| metric | retain | tiny |" in table and "| forget_quality | 1 | 1 |" in table
     result = json.loads((tmp_path / "out" / "unlearning_eval.json").read_text())
