@@ -14,6 +14,8 @@ import random
 import re
 from collections.abc import Callable
 
+from alignkit.data.chain_arith import SPLITS as CHAIN_SPLITS
+from alignkit.data.chain_arith import chain_arith, score_chain
 from alignkit.data.fictitious_authors import fictitious_authors
 from alignkit.data.fictitious_authors import splits as fictitious_splits
 
@@ -142,11 +144,12 @@ def spurious_length(split: str, seed: int = 0, size: int | None = None) -> list[
 
 
 BUILTIN_SPLITS = {"concise_arithmetic": ("train", "test"), "spurious_length": tuple(SPURIOUS_SPLITS),
-                  "fictitious_authors": fictitious_splits()}
+                  "fictitious_authors": fictitious_splits(), "chain_arith": tuple(CHAIN_SPLITS)}
 
 BUILTIN_DATASETS: dict[str, tuple[Callable[..., list[dict]], str, Callable[[dict, str], dict] | None]] = {
     # name: (generator(split, seed, size), record kind, behavioural scorer)
     "concise_arithmetic": (concise_arithmetic, "pairs", score_completion),
     "spurious_length": (spurious_length, "reward_pairs", None),
     "fictitious_authors": (fictitious_authors, "sft", None),
+    "chain_arith": (chain_arith, "sft", score_chain),
 }
