@@ -4,7 +4,8 @@ with its adapters off, so the second model goes away). 20 steps each, 2 Ray Trai
 
     python bench/lora.py [--only NAME ...] [--table-only] [extra a.b=c overrides for every run]
 
-Per run: peak RSS of the largest worker (sys/peak_rss_mb), steady training tokens/s (mean over steps 2..20), and the
+Per run: resident memory of the largest worker while it trains (the most of sys/rss_mb over the training steps) and its
+peak since start (sys/peak_rss_mb: model loading included), steady training tokens/s (mean over steps 2..20), and the
 held-out metrics of the quickstart's report (format / correct rate of greedy generations, eval/loss). LoRA runs
 use a 10x larger learning rate (3e-4 instead of 3e-5), as LoRA usually wants. Results: bench/results/lora.md.
 """
@@ -25,22 +26,24 @@ RUNS = {
 
 
 def table(root: Path) -> str:
-    lines = ["| run | trainable weights | peak RSS per worker MB | tokens/s (steady) | eval/loss start → end | "
-             "format start → after | correct start → after | wall s |", "|---" * 8 + "|"]
+    lines = ["| run | trainable | RSS while training, MB per worker | peak RSS MB | tokens/s (steady) | "
+             "eval/loss start → end | format start → after | correct start → after | wall s |", "|---" * 9 + "|"]
     for name in RUNS:
         d = root / _runs.slug(name)
         if not (d / "behaviour.json").exists():
-            lines.append(f"| {name} | (not run) |" + " |" * 6)
+            lines.append(f"| {name} | (not run) |" + " |" * 7)
             continue
         records = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in records if "train/tokens_per_s" in r]
         rate = sum(r["train/tokens_per_s"] for r in steps[1:]) / max(1, len(steps) - 1)
         peak = max(r.get("sys/peak_rss_mb", 0) for r in records)
+        training = max(r.get("sys/rss_mb", 0) for r in steps)
         evals = [r["eval/loss"] for r in records if "eval/loss" in r]
         b = json.loads((d / "behaviour.json").read_text())
         s, f = b["start"]["metrics"], b["final"]["metrics"]
         trainable = "all" if "lora" not in name else "adapters (r 16)"
-        lines.append(f"| {name} | {trainable} | {peak:.0f} | {rate:.0f} | {evals[0]:.3f} → {evals[-1]:.3f} | "
+        lines.append(f"| {name} | {trainable} | {training:.0f} | {peak:.0f} | {rate:.0f} | "
+                     f"{evals[0]:.3f} → {evals[-1]:.3f} | "
                      f"{s.get('gen/format', 0):.2f} → {f.get('gen/format', 0):.2f} | "
                      f"{s.get('gen/correct', 0):.2f} → {f.get('gen/correct', 0):.2f} | "
                      f"{(d / 'wall_s').read_text().strip() if (d / 'wall_s').exists() else ''} |")

@@ -12,14 +12,23 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum `t` over the workers, in place; a host tensor under NCCL (which reduces GPU memory only) takes the trip
-    to this worker's GPU and back."""
+def all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
+    """Reduce `t` over the workers in place (default: sum); a host tensor under NCCL (which reduces GPU memory
+    only) takes the trip to this worker's GPU and back."""
+    op = torch.distributed.ReduceOp.SUM if op is None else op
     if rank_world()[1] > 1:
         if torch.distributed.get_backend() == "nccl" and t.device.type == "cpu":
             on_gpu = place(t, torch.device("cuda", torch.cuda.current_device()))
-            torch.distributed.all_reduce(on_gpu, op=torch.distributed.ReduceOp.SUM)
+            torch.distributed.all_reduce(on_gpu, op=op)
             t.copy_(host(on_gpu))
         else:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+            torch.distributed.all_reduce(t, op=op)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce(t)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce(t, torch.distributed.ReduceOp.MAX)

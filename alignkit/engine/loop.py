@@ -22,7 +22,7 @@ from alignkit.config.schema import Recipe
 from alignkit.engine.backends import make_backend
 from alignkit.engine.checkpoint import _truncate_metrics, load_state, save_state, saved_references
 from alignkit.engine.dist import all_reduce_sum, rank_world
-from alignkit.engine.metrics import MetricSums, MetricsWriter, _peak_rss_mb_max
+from alignkit.engine.metrics import MetricSums, MetricsWriter, memory_mb_max
 from alignkit.engine.reference import LiveReference, PrecomputedReference  # noqa: F401
 from alignkit.engine.sources import (  # noqa: F401
     StaticSource,
@@ -276,7 +276,8 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         last_train = {f"train/{k}": v for k, v in means.items()}
         record = {"step": step + 1, **last_train, "train/lr": backend.lr(), "train/grad_norm": backend.last_grad_norm,
                   "train/tokens_per_s": tokens / max(elapsed, 1e-9), "train/tokens": tokens_seen,
-                  "time/step_s": elapsed, "sys/peak_rss_mb": _peak_rss_mb_max()}
+                  "time/step_s": elapsed}
+        record["sys/peak_rss_mb"], record["sys/rss_mb"] = memory_mb_max()
         if not micro_batches:
             record["train/skipped_step"] = 1
         if hasattr(source, "round_metrics"):  # an online round: generation, scoring and row statistics

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from alignkit.engine.dist import all_reduce_sum, rank_world
+from alignkit.engine.dist import all_reduce_max, all_reduce_sum
 
 
 class MetricsWriter:
@@ -50,11 +50,17 @@ class MetricSums:
         return {k: float(t[i] / t[n + i]) for i, k in enumerate(keys) if float(t[n + i]) > 0}
 
 
-def _peak_rss_mb_max() -> float:
-    """The largest peak resident memory of any worker process so far, in MB (Linux reports ru_maxrss in KB)."""
+def memory_mb_max() -> tuple[float, float]:
+    """(peak, current) resident memory in MB of the largest worker: the peak since the process started (model
+    loading included) and now (what training holds)."""
     import resource
 
-    t = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
-    if rank_world()[1] > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t[0])
+    current = 0.0
+    try:
+        with open("/proc/self/statm") as handle:  # Linux: pages
+            current = int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        pass
+    t = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, current], dtype=torch.float64)
+    all_reduce_max(t)
+    return float(t[0]), float(t[1])
