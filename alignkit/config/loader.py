@@ -426,6 +426,19 @@ def check_sweep(recipe: Recipe, where) -> None:
     if sw.space and not sw.metric.startswith(("eval/", "gen/", "train/", "reward/", "online/")):
         raise RecipeError(f"`sweep.metric` in {where('sweep.metric')} must be an eval/, gen/, train/, online/ or "
                           "reward/<set>/<metric> metric")
+    kinds = {next(iter(spec)) for spec in sw.space.values() if isinstance(spec, dict) and spec}
+    if sw.space and sw.search == "grid" and kinds != {"grid"}:
+        raise RecipeError(f"`sweep.search` in {where('sweep.search')}: grid needs every sweep.space entry to be a "
+                          f"grid, got {sorted(kinds)}")
+    if sw.space and sw.search in ("optuna", "hyperopt"):
+        import importlib.util
+
+        if "grid" in kinds:
+            raise RecipeError(f"`sweep.search` in {where('sweep.search')}: {sw.search} samples its own points; "
+                              "use choice instead of grid")
+        if importlib.util.find_spec(sw.search) is None:
+            raise RecipeError(f"`sweep.search` in {where('sweep.search')}: {sw.search} needs the {sw.search} "
+                              f"package (pip install {sw.search})")
     if sw.num_samples < 1 or sw.max_concurrent_trials < 1 or sw.trial_cpus <= 0:
         raise RecipeError(f"`sweep` in {where('sweep')}: num_samples and max_concurrent_trials must be >= 1 and "
                           "trial_cpus > 0")

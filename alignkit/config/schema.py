@@ -191,6 +191,9 @@ class SweepConfig:
     metric: str = "eval/loss"  # any eval/ metric, or gen/<name> from the held-out generations
     mode: Literal["min", "max"] = "min"
     scheduler: Literal["none", "asha"] = "none"  # asha stops weak trials at eval steps (trainer.eval_every)
+    # random / grid: Tune's variant generator (grid entries are searched in full, the others sampled); optuna (TPE)
+    # and hyperopt: model-based search through Tune's searchers (pip install optuna / hyperopt; no grid entries)
+    search: Literal["random", "grid", "optuna", "hyperopt"] = "random"
     grace_period: int = 1  # evaluations before ASHA may stop a trial
     num_samples: int = 1  # samples per grid point (random draws for choice/uniform/loguniform)
     max_concurrent_trials: int = 1

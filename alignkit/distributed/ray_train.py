@@ -72,6 +72,9 @@ def _worker_main(config: dict) -> None:
     data = TrainData(kind=encoded["kind"], train=encoded["train"], eval=encoded["eval"], pad_id=encoded["pad_id"],
                      retain=encoded.get("retain", []))
     hooks = RunHooks(save_checkpoint=_report_checkpoint, on_step_end=_fault_injector())
+    if config.get("tune"):  # a sweep trial: every evaluation goes to Tune (TuneReportCallback on the trial's side)
+        hooks.on_evaluation = lambda record: ray.train.report(
+            {k: float(v) for k, v in record.items() if isinstance(v, (int, float))})
     if encoded.get("online"):
         hooks.source = _online_source(recipe, encoded["online"])
     sink = config.get("weight_sink")
@@ -164,6 +167,14 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
 
     ensure_ray()
     check_capacity(recipe, reserved)
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    in_tune = _in_tune_session()
+    callbacks = []
+    if in_tune:  # the workers' reports (evaluations) reach the trial's Tune session
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
     c, t = recipe.cluster, recipe.trainer
     storage = Path(recipe.storage_path).resolve() if "://" not in recipe.storage_path else recipe.storage_path
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
@@ -173,13 +184,14 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
     trainer = TorchTrainer(
         _worker_main,
         train_loop_config={"recipe": recipe_to_dict(recipe), "source": recipe.source,
-                           "data_ref": ray.put(encoded), "output_dir": str(output_dir), "weight_sink": weight_sink},
+                           "data_ref": ray.put(encoded), "output_dir": str(output_dir), "weight_sink": weight_sink,
+                           "tune": in_tune},
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(timeout_s=collective_timeout_s(recipe)),
         run_config=RunConfig(
             name=_experiment_name(recipe, Path(storage)) if isinstance(storage, Path) else recipe.run.name,
             storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=c.max_failures),
+            failure_config=FailureConfig(max_failures=c.max_failures), callbacks=callbacks,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.checkpoint_metric,
                 checkpoint_score_order=t.checkpoint_mode)),

@@ -1,9 +1,11 @@
 """Ray Tune sweeps over recipe keys: `python launch.py RECIPE --sweep`.
 
 Each trial is a normal run (its own run directory, Ray Train workers, report) with the sampled keys applied as
-overrides. The trial process reports held-out metrics to Tune as they appear in its metrics.jsonl (so ASHA can stop
-weak trials at eval steps) and the final generation metrics at the end. Results: a table sorted by the metric
-(CSV and Markdown), the best trial's recipe as a YAML file that runs as-is, and a plot of the metric per trial."""
+overrides. Its training workers report every evaluation to Tune through Ray's Train/Tune integration (so ASHA can
+stop weak trials at eval steps); the trial reports the final generation metrics at the end. `sweep.search` picks
+Tune's search algorithm; `--sweep` on an interrupted sweep resumes it (Tuner.restore). Results: a table sorted by
+the metric (CSV and Markdown), the best trial's recipe as a YAML file that runs as-is, and a plot of the metric per
+trial."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +13,6 @@ import csv
 import json
 import logging
 import math
-import threading
 import time
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def _check_values(recipe: Recipe) -> None:
 
 
 def _trial(config: dict, run) -> None:
-    """One Tune trial: a normal run with the sampled values, metrics forwarded to Tune as they are logged."""
+    """One Tune trial: a normal run with the sampled values. Its Ray Train workers report every evaluation to Tune
+    themselves (ray.train.report -> Ray's TuneReportCallback, see distributed/ray_train.py), so ASHA decides on
+    them; the trial adds the metrics computed after training (generations, reward-model suite) at the end."""
     from ray import tune
 
     values = config["values"]
@@ -64,48 +67,27 @@ def _trial(config: dict, run) -> None:
     recipe.run.name = trial_name
     recipe.run.group = config["name"]  # trackers group a sweep's trials under the sweep's name
     recipe.run.output_dir = str(Path(config["sweep_dir"]) / trial_name)
-    metrics_path = Path(recipe.output_dir) / "metrics.jsonl"
-    outcome: dict = {}
+    # the trial's directory is its own: a trial rerun after an interrupted sweep replaces its partial files
+    recipe.run.overwrite = True
+    run(recipe)
+    tune.report({**final_metrics(Path(recipe.output_dir)), "done": True, "run_dir": recipe.output_dir})
 
-    def fit() -> None:
-        try:
-            run(recipe)
-        except BaseException as exc:  # surfaced below, in the trial's own thread
-            outcome["error"] = exc
 
-    thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    reported = 0
-    last_eval: dict = {}
-    online: dict = {}  # online runs: the latest value of every online/ metric (round and held-out metrics)
-    while True:
-        alive = thread.is_alive()
-        if metrics_path.exists():
-            lines = metrics_path.read_text().splitlines()
-            for line in lines[reported:]:
-                record = json.loads(line)
-                online.update({k: v for k, v in record.items() if k.startswith("online/")})
-                evals = {k: v for k, v in record.items() if k.startswith("eval/") or k.startswith("online/eval")}
-                if evals and record["step"] > 0:
-                    last_eval = {**evals, **online, **{k: v for k, v in record.items() if k.startswith("train/")}}
-                    tune.report({**last_eval, "step": record["step"], "done": False})
-            reported = len(lines)
-        if not alive:
-            break
-        time.sleep(2)
-    if "error" in outcome:
-        raise outcome["error"]
-    behaviour_path = Path(recipe.output_dir) / "behaviour.json"
-    final = {**last_eval, **online}
+def final_metrics(out: Path) -> dict:
+    """A finished run's metrics: the last evaluation, the last value of every online/ and train/ metric, the
+    held-out generations (gen/) and the reward-model suite (reward/<set>/<metric>)."""
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    final: dict = {"step": records[-1]["step"]}
+    for record in records:
+        final.update({k: v for k, v in record.items() if k.startswith(("eval/", "online/", "train/"))})
+    behaviour_path = out / "behaviour.json"
     if behaviour_path.exists():
         final.update(json.loads(behaviour_path.read_text())["final"]["metrics"])
-    reward_path = Path(recipe.output_dir) / "reward_eval.json"
+    reward_path = out / "reward_eval.json"
     if reward_path.exists():  # reward models: reward/<set>/<metric>, e.g. reward/shifted/accuracy
         final.update({f"reward/{name}/{k}": v for name, m in json.loads(reward_path.read_text()).items()
                       for k, v in m.items() if isinstance(v, (int, float))})
-    records = [json.loads(x) for x in metrics_path.read_text().splitlines()]
-    final.update({k: v for k, v in records[-1].items() if k.startswith("train/")})
-    tune.report({**final, "step": records[-1]["step"], "done": True, "run_dir": recipe.output_dir})
+    return final
 
 
 def run_sweep(recipe: Recipe, run) -> Path:
@@ -119,10 +101,32 @@ def run_sweep(recipe: Recipe, run) -> Path:
     if sw.scheduler == "asha" and not recipe.trainer.eval_every:
         raise RecipeError("sweep.scheduler: asha needs trainer.eval_every > 0 (ASHA decides at evaluations)")
     sweep_dir = Path(recipe.output_dir).resolve().with_name(Path(recipe.output_dir).name + "-sweep")
-    # an earlier sweep of this name is refused, or with run.overwrite replaced once this one has finished
-    with run_directory(RunDirectory(sweep_dir, recipe.run.overwrite, resume=False)) as directory:
+    # an earlier sweep of this name is refused, or with run.overwrite replaced once this one has finished; an
+    # interrupted one (its Tune experiment without results.md) is resumed
+    from ray.tune import Tuner
+
+    interrupted = (not recipe.run.overwrite and not (sweep_dir / "results.md").exists()
+                   and Tuner.can_restore(str(tune_experiment(sweep_dir, recipe.run.name))))
+    with run_directory(RunDirectory(sweep_dir, recipe.run.overwrite, resume=interrupted)) as directory:
         directory.claim()
         return _run_tuner(recipe, sweep_dir, run)
+
+
+def _search_algorithm(sw):
+    """sweep.search: random / grid (Tune's variant generator), optuna (TPE) or hyperopt through Tune's searchers."""
+    if sw.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=sw.seed)
+    if sw.search == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch(random_state_seed=sw.seed)
+    return None
+
+
+def tune_experiment(sweep_dir: Path, name: str) -> Path:
+    return sweep_dir / "tune" / f"{name}-tune"
 
 
 def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
@@ -133,21 +137,35 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
 
     sw = recipe.sweep
     ensure_ray()
-    scheduler = None
-    if sw.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period, max_t=10**6)
-    param_space = {"values": _search_space(sw.space), "base": recipe_to_dict(recipe), "source": recipe.source,
-                   "name": recipe.run.name, "sweep_dir": str(sweep_dir)}
     # `run` (the pipeline runner) reaches the trials through tune.with_parameters: distributed/ imports no pipeline
     trainable = tune.with_resources(tune.with_parameters(_trial, run=run), {"CPU": sw.trial_cpus})
-    tuner = tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, num_samples=sw.num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=sw.max_concurrent_trials),
-        run_config=tune.RunConfig(name=f"{recipe.run.name}-tune", storage_path=str(sweep_dir / "tune"), verbose=1),
-    )
+    experiment = tune_experiment(sweep_dir, recipe.run.name)
+    if tune.Tuner.can_restore(str(experiment)):  # an interrupted sweep: finished trials stay, the rest run
+        log.info("resuming the interrupted sweep in %s", experiment)
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+                                   restart_errored=True)
+    else:
+        scheduler = None
+        if sw.scheduler == "asha":
+            scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period, max_t=10**6)
+        param_space = {"values": _search_space(sw.space), "base": recipe_to_dict(recipe), "source": recipe.source,
+                       "name": recipe.run.name, "sweep_dir": str(sweep_dir)}
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, num_samples=sw.num_samples,
+                                        scheduler=scheduler, search_alg=_search_algorithm(sw),
+                                        max_concurrent_trials=sw.max_concurrent_trials),
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=1),
+        )
     start = time.perf_counter()
     results = tuner.fit()
+    # a sweep stopped by Ctrl-C (or a dead driver) leaves trials that neither finished nor failed (ASHA's early stops
+    # count as finished): no results yet, the state stays for the next `--sweep`
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished:
+        raise AlignkitError(f"the sweep was interrupted with {len(unfinished)} of {len(trials)} trial(s) unfinished; "
+                            f"its state is in {experiment}: run the same command again to resume it")
     log.info("sweep of %d trials finished in %.0f s", len(results), time.perf_counter() - start)
     return write_sweep_results(recipe, results, sweep_dir)
 

@@ -110,6 +110,9 @@ class RunHooks:
     on_final_weights: Callable[[dict], dict] | None = None
     # where batches come from (engine/sources.py); default: a StaticSource over data.train
     source: object = None
+    # called on every rank with the step's record after each held-out evaluation (and an online round's end), e.g.
+    # to report to Ray Tune (a collective: every rank calls it at the same steps)
+    on_evaluation: Callable[[dict], None] | None = None
 
 
 def _all_finite(loss: torch.Tensor) -> bool:
@@ -294,6 +297,9 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         online = hasattr(source, "round_metrics")  # every step of an online run is logged: rounds add them up
         if online or (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):
             writer.write(record)
+        round_end = online and (step + 1) % source.steps_per_round == 0
+        if hooks.on_evaluation is not None and (any(k.startswith("eval/") for k in record) or round_end):
+            hooks.on_evaluation(record)
         if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
             checkpoint(step + 1, {**record, **last_eval})
         if t.export_every and (step + 1) % t.export_every == 0 and not is_last:

@@ -61,3 +61,54 @@ def test_asha_sweep_with_random_search(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = list(csv.DictReader(open(tmp_path / "asha-sweep" / "results.csv")))
     assert len(rows) == 3 and all(1e-4 <= float(r["optim.lr"]) <= 1e-2 for r in rows)
+
+
+@pytest.mark.slow  # ~2 min: a sweep stopped with Ctrl-C after its first trial, then the same command again
+def test_an_interrupted_sweep_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "resumed"
+    cmd = [sys.executable, "launch.py", "recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "--sweep"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir = tmp_path / "resumed-sweep"
+    deadline = time.time() + 600
+    while not list(sweep_dir.glob("*/report.md")):  # the first trial has finished
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(1)
+    first = next(sweep_dir.glob("*/report.md"))
+    stamp = first.stat().st_mtime
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "the sweep was interrupted" in err and not (sweep_dir / "results.md").exists()
+    again = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "--sweep", timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert len(rows) == 2 and all(r["finished"] == "True" for r in rows)
+    assert first.stat().st_mtime == stamp  # the finished trial was not run again
+
+
+@pytest.mark.slow  # ~2 min
+def test_optuna_search(tmp_path):
+    out = tmp_path / "tpe"
+    proc = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "sweep.search=optuna",
+                  "sweep.num_samples=2", "sweep.space={optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}", "--sweep",
+                  timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.DictReader(open(tmp_path / "tpe-sweep" / "results.csv")))
+    assert len(rows) == 2 and all(1e-4 <= float(r["optim.lr"]) <= 1e-2 and r["finished"] == "True" for r in rows)
+
+
+def test_search_validation(tmp_path):
+    assert_bad = __import__("tests.e2e.test_cli", fromlist=["assert_clean_error"]).assert_clean_error
+    assert_bad(launch("recipes/sweeps/tiny_lr_beta.yaml", "sweep.search=optuna", "--dry-run"),
+               "optuna samples its own points; use choice instead of grid")
+    assert_bad(launch("recipes/sweeps/tiny_lr_beta.yaml", "sweep.search=grid",
+                      "sweep.space={optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}", "--dry-run"),
+               "grid needs every sweep.space entry to be a grid")
