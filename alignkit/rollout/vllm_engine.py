@@ -32,6 +32,10 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        from alignkit.models.loading import resolve_model_path
+
+        model_path = resolve_model_path(model_path)  # builtin:<name> -> its directory, as the HF engine does
+
         from alignkit.models.loading import load_tokenizer
 
         start = time.perf_counter()
