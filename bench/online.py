@@ -3,6 +3,7 @@ prompts, samples, rows per step and optimizer steps (PMPO on the verifier's acce
 
     python bench/online.py                                   # tiny-llama, then SmolLM2-135M (ZeRO-2, 1 worker)
     python bench/online.py --models tiny --steps 1 8 --rounds 3
+    .venv-vllm/bin/python bench/online.py --engine vllm --models smollm2 --steps 1 --rounds 3
 
 Per round: generate (+ score + build rows), optimizer steps, weight push, and everything else (the overhead: for the
 relaunch loop worker start, DeepSpeed init, data preparation, export and reload; for the persistent trainer the
@@ -22,13 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = {"tiny": "builtin:tiny-llama", "smollm2": "builtin:smollm2-135m-instruct"}
 
 
+ENGINE = "hf"  # --engine: the rollout backend of both loops
+
+
 def common(model: str, steps: int, rounds: int) -> list[str]:
     # 4 samples x prompts so that every round has exactly the rows its steps read (8 per step), for both loops
     prompts = 2 * steps
     return [f"model.path={MODELS[model]}", f"online.rounds={rounds}", f"online.steps_per_round={steps}",
             f"online.prompts_per_round={prompts}", "online.samples_per_prompt=4", "online.max_new_tokens=32",
             "online.eval_every=0", "trainer.micro_batch_size=4", "trainer.grad_accum=2", "trainer.backend=deepspeed",
-            "trainer.zero_stage=2", "cluster.num_workers=1", "cluster.cpus_per_worker=1", "rollout.backend=hf",
+            "trainer.zero_stage=2", "cluster.num_workers=1", "cluster.cpus_per_worker=1", f"rollout.backend={ENGINE}",
             "rollout.cpus_per_engine=1", "rollout.batch_size=64", "optim.lr=1e-5", "run.overwrite=true"]
 
 
@@ -101,7 +105,11 @@ def main() -> None:
     p.add_argument("--steps", nargs="+", type=int, default=[1, 8])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--root", default="runs/bench_online")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                   help="rollout backend (vllm: run with .venv-vllm/bin/python; vLLM on CPU cannot run tiny-llama)")
     args = p.parse_args()
+    global ENGINE
+    ENGINE = args.engine
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -125,11 +133,12 @@ def main() -> None:
                           f" 0.00); whole run "
                           f"{measured['relaunch']['wall_s']:.0f} s -> {measured['persistent']['wall_s']:.0f} s")
             print(lines[-2], lines[-1], ratios[-1], sep="\n", flush=True)
-    text = ("# Online: persistent trainer vs relaunch per round\n\nMeans over rounds (python bench/online.py "
+    text = (f"# Online: persistent trainer vs relaunch per round ({ENGINE} engine)\n\n"
+            "Means over rounds (python bench/online.py "
             + " ".join(sys.argv[1:]) + ").\n\n" + "\n".join(lines) + "\n\n"
             + "\n".join(f"- {r}" for r in ratios) + "\n")
     Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/online.md").write_text(text)
+    Path(f"bench/results/online{'_vllm' if ENGINE == 'vllm' else ''}.md").write_text(text)
     print(text)
 
 
