@@ -8,11 +8,13 @@ the metric (CSV and Markdown), the best trial's recipe as a YAML file that runs 
 trial."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -125,6 +127,25 @@ def _search_algorithm(sw):
     return None
 
 
+@contextlib.contextmanager
+def _interruption():
+    """A flag that is set when Tune reports that it stopped the experiment on Ctrl-C (Tune handles the signal
+    itself, saves the state and returns from fit(); its warning is the one sign of it)."""
+    flag: list[bool] = []
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "has been interrupted" in record.getMessage():
+                flag.append(True)
+
+    watch, logger = Watch(level=logging.WARNING), logging.getLogger("ray.tune.tune")
+    logger.addHandler(watch)
+    try:
+        yield flag
+    finally:
+        logger.removeHandler(watch)
+
+
 def tune_experiment(sweep_dir: Path, name: str) -> Path:
     return sweep_dir / "tune" / f"{name}-tune"
 
@@ -137,6 +158,10 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
 
     sw = recipe.sweep
     ensure_ray()
+    # A trial's reports before its end may lack the sweep's metric (gen/ and reward/ metrics exist only once it has
+    # finished; online/ metrics once a round has run): ASHA skips such results, and the search algorithms read the
+    # final one, which has it.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # `run` (the pipeline runner) reaches the trials through tune.with_parameters: distributed/ imports no pipeline
     trainable = tune.with_resources(tune.with_parameters(_trial, run=run), {"CPU": sw.trial_cpus})
     experiment = tune_experiment(sweep_dir, recipe.run.name)
@@ -158,14 +183,11 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
             run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=1),
         )
     start = time.perf_counter()
-    results = tuner.fit()
-    # a sweep stopped by Ctrl-C (or a dead driver) leaves trials that neither finished nor failed (ASHA's early stops
-    # count as finished): no results yet, the state stays for the next `--sweep`
-    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished:
-        raise AlignkitError(f"the sweep was interrupted with {len(unfinished)} of {len(trials)} trial(s) unfinished; "
-                            f"its state is in {experiment}: run the same command again to resume it")
+    with _interruption() as interrupted:
+        results = tuner.fit()
+    if interrupted:  # Ctrl-C: Tune saved the experiment's state; no results yet, the next `--sweep` resumes it
+        raise AlignkitError(f"the sweep was interrupted; its state is in {experiment}: run the same command again to "
+                            "resume it (finished trials are kept)")
     log.info("sweep of %d trials finished in %.0f s", len(results), time.perf_counter() - start)
     return write_sweep_results(recipe, results, sweep_dir)
 

@@ -241,6 +241,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         progress = tqdm(total=t.max_steps, initial=start_step, desc=f"train {recipe.run.name}", unit="step",
                         dynamic_ncols=True)
     last_train: dict[str, float] = {}
+    latest: dict = {}
     skipped = 0
     window_start = loop_start = time.perf_counter()
     window_tokens = 0
@@ -297,9 +298,10 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         online = hasattr(source, "round_metrics")  # every step of an online run is logged: rounds add them up
         if online or (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):
             writer.write(record)
+        latest.update(record)  # what a report carries: the latest value of every metric (e.g. the round's score)
         round_end = online and (step + 1) % source.steps_per_round == 0
         if hooks.on_evaluation is not None and (any(k.startswith("eval/") for k in record) or round_end):
-            hooks.on_evaluation(record)
+            hooks.on_evaluation(dict(latest))
         if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
             checkpoint(step + 1, {**record, **last_eval})
         if t.export_every and (step + 1) % t.export_every == 0 and not is_last:
