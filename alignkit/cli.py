@@ -23,14 +23,11 @@ VERBS = ("run", "eval", "list")
 def find_shipped(what: str, name: str) -> Path:
     """A file path as given, else the shipped recipe / suite of that name (with or without .yaml, with or without a
     leading recipes/ or evals/)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    root = SHIPPED[what]
-    stem = name.removeprefix(f"{root.name}/")
-    for candidate in (root / stem, root / f"{stem}.yaml"):
-        if candidate.is_file():
-            return candidate
+    from alignkit.paths import shipped
+
+    found = shipped(name, SHIPPED[what].name)
+    if found.is_file():
+        return found
     from alignkit.errors import AlignkitError
 
     raise AlignkitError(f"{what} `{name}` is neither a file nor a shipped {what} (`alignkit list {what}s` shows "

@@ -22,7 +22,8 @@ observers: list[Callable[[torch.Tensor, bool], None]] = []
 def work_device(use_gpu: bool | None = None) -> torch.device:
     """Where this process computes. `use_gpu` None: a CUDA GPU when this process sees one (a Ray task or actor that
     reserved a GPU sees exactly it; one that reserved none sees none), else the CPU. True: the GPU of this worker,
-    cuda:<LOCAL_RANK> (Ray Train and DeepSpeed set LOCAL_RANK per worker), or an error when there is none."""
+    torch's current CUDA device (Ray Train sets it for each worker from the GPUs it reserved), or an error when
+    there is none."""
     available = torch.cuda.is_available()
     if use_gpu is None:
         use_gpu = available
@@ -32,7 +33,7 @@ def work_device(use_gpu: bool | None = None) -> torch.device:
         raise AlignkitError("cluster.use_gpu is true but this process sees no CUDA GPU (CUDA_VISIBLE_DEVICES="
                             f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!s}); set cluster.use_gpu: false to "
                             "train on CPUs")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def place(obj, device: torch.device | str):
@@ -54,10 +55,8 @@ def place(obj, device: torch.device | str):
 
 
 def place_model(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """The model's parameters and buffers on `device` (in place; returns the model). A quantized model (QLoRA's
-    4-bit base) is loaded onto its GPU and cannot be moved."""
-    if getattr(model, "hf_quantizer", None) is None:
-        model.to(device)
+    """The model's parameters and buffers on `device` (in place; returns the model)."""
+    model.to(device)
     if observers:
         for tensor in [*model.parameters(), *model.buffers()]:
             for observe in observers:

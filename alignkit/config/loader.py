@@ -269,8 +269,11 @@ def _check_scheduler(recipe: Recipe, need) -> None:
          "the constant schedule has no warm-up; use optim.scheduler: constant_with_warmup")
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     try:
-        get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps,
-                      num_training_steps=recipe.trainer.max_steps, scheduler_specific_kwargs=dict(o.scheduler_kwargs))
+        # (with trainer.num_epochs the step count is known once the data is read: a stand-in long enough here)
+        steps = recipe.trainer.max_steps if recipe.trainer.num_epochs is None else max(recipe.trainer.max_steps,
+                                                                                        o.warmup_steps + 1)
+        get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=steps,
+                      scheduler_specific_kwargs=dict(o.scheduler_kwargs))
     except (TypeError, ValueError, AssertionError) as exc:
         need(False, "optim.scheduler_kwargs", f"not valid for optim.scheduler {o.scheduler}: {exc}")
 
@@ -326,8 +329,9 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
         need(not lora.load_in_4bit or c.use_gpu, "model.lora.load_in_4bit",
              "QLoRA keeps the base model in 4-bit NF4 through bitsandbytes' CUDA kernels, so it needs GPU workers "
              "(cluster.use_gpu: true); on CPUs use LoRA without it")
-        need(not lora.load_in_4bit or recipe.trainer.backend == "torch" or recipe.trainer.zero_stage < 3,
-             "model.lora.load_in_4bit", "4-bit weights cannot be sharded by ZeRO-3; use zero_stage 0-2")
+        need(not lora.load_in_4bit, "model.lora.load_in_4bit",
+             "is not supported yet: folding the adapters into a 4-bit base (for final/ and the rollout engines) needs "
+             "the base dequantized first, which alignkit does not do yet; use LoRA on a bf16 base")
     need(t.micro_batch_size > 0, "trainer.micro_batch_size", f"must be > 0, got {t.micro_batch_size}")
     need(t.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {t.grad_accum}")
     need(t.zero_stage in (0, 1, 2, 3), "trainer.zero_stage", f"must be one of 0, 1, 2, 3; got {t.zero_stage}")
@@ -367,7 +371,8 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
     need(recipe.optim.lr > 0, "optim.lr", f"must be > 0, got {recipe.optim.lr}")
     need(len(recipe.optim.betas) == 2, "optim.betas", "must be a list of two numbers")
     need(recipe.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    need(recipe.optim.warmup_steps < t.max_steps or recipe.optim.warmup_steps == 0, "optim.warmup_steps",
+    need(recipe.optim.warmup_steps < t.max_steps or recipe.optim.warmup_steps == 0 or t.num_epochs is not None,
+         "optim.warmup_steps",
          f"must be smaller than trainer.max_steps ({t.max_steps})")
     check_sweep(recipe, where)
     objective = get_objective(recipe.objective.name)

@@ -34,7 +34,7 @@ class LoraConfig:
     # module names or PEFT's "all-linear" (every linear layer but the output head)
     target_modules: list[str] | str = "all-linear"
     modules_to_save: list[str] = field(default_factory=list)  # modules trained in full beside the adapters
-    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA GPUs only)
+    load_in_4bit: bool = False  # QLoRA (a 4-bit base): refused for now, see config/loader.py
 
 
 @dataclass

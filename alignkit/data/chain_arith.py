@@ -74,6 +74,9 @@ def chain_arith(split: str, seed: int = 0, size: int | None = None, ops: tuple[i
         raise KeyError(split)
     default_n, level = SPLITS[split]
     n = size or default_n
+    if split.startswith("test") and n > default_n:
+        raise ValueError(f"chain_arith: at most {default_n} held-out problems in `{split}` (the training split "
+                         "skips exactly those)")
     level_ops, level_operand = LEVELS[level]
     ops, max_operand = ops or level_ops, max_operand or level_operand
     rng = random.Random(f"chain_arith/{seed}/{level}/{ops}/{max_operand}")
@@ -82,10 +85,15 @@ def chain_arith(split: str, seed: int = 0, size: int | None = None, ops: tuple[i
     rows: list[dict] = []
     # the held-out problems are drawn first from the same stream, so a train split skips exactly them
     want_test = SPLITS[f"test{split.removeprefix('train').removeprefix('test')}"][0]
+    misses = 0
     while len(rows) < n:
         start, steps = _problem(rng, ops, max_operand)
         key = (start, tuple(steps))
         if key in seen:
+            misses += 1
+            if misses > 100 * n:  # the settings allow fewer distinct problems than asked for
+                raise ValueError(f"chain_arith: ops={ops}, max_operand={max_operand} give fewer than "
+                                 f"{n + SPLITS['test'][0]} distinct problems; raise them or ask for fewer")
             continue
         seen.add(key)
         if not held_out and want_test > 0:  # still inside the held-out block: not a training problem
@@ -143,7 +151,7 @@ def check(row: dict, completion: str) -> ChainCheck:
     if first_wrong is None and answer is None:
         first_wrong = len(lines)  # every step right, but the answer line is missing
     formatted = formatted and answer is not None
-    return ChainCheck(correct=answer is not None and answer == row["answer"] and ANSWER_RE.match(lines[-1]) is not None,
+    return ChainCheck(correct=answer is not None and answer == row["answer"],
                       format=formatted, first_wrong_step=first_wrong,
                       steps_right=first_wrong if first_wrong is not None else len(lines))
 

@@ -186,6 +186,8 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
     with _interruption() as interrupted:
         results = tuner.fit()
     if interrupted:  # Ctrl-C: Tune saved the experiment's state; no results yet, the next `--sweep` resumes it
+        if recipe.run.overwrite:  # the earlier sweep comes back (rundir): this one's partial state goes
+            raise AlignkitError("the sweep was interrupted (with run.overwrite: the command again starts it anew)")
         raise AlignkitError(f"the sweep was interrupted; its state is in {experiment}: run the same command again to "
                             "resume it (finished trials are kept)")
     log.info("sweep of %d trials finished in %.0f s", len(results), time.perf_counter() - start)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from alignkit.config.schema import Recipe
-from alignkit.device import place, place_model, work_device
+from alignkit.device import host, place, place_model, work_device
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +107,21 @@ class TorchBackend(Placement):
         self._micro = state["micro"]
 
     def _full_state(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
+        return host(self.module.state_dict())  # host memory, as the DeepSpeed path (pushes go through Ray)
 
 
 class DeepSpeedBackend(Placement):
     def __init__(self, model: torch.nn.Module, recipe: Recipe, device: torch.device):
         import deepspeed
 
-        # DeepSpeed puts the model on its accelerator's current device; placing it first makes that ours.
+        t = recipe.trainer
+        # DeepSpeed puts the model on its accelerator's current device: ours. Under ZeRO-3 (and parameter offload)
+        # it moves and partitions one parameter at a time, so the whole model must not be placed here first.
         if device.type == "cuda":
             torch.cuda.set_device(device)
         self.device = device
-        place_model(model, device)
-
-        t = recipe.trainer
+        if t.zero_stage < 3 and not t.offload_params:
+            place_model(model, device)
         config = {
             "train_micro_batch_size_per_gpu": t.micro_batch_size,
             "gradient_accumulation_steps": t.grad_accum,

@@ -150,8 +150,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
     if model is None:
         model = (load_reward_model(m.path, m.dtype, m.trust_remote_code, load_tokenizer(m.path).pad_token_id, **load)
                  if get_kind(data.kind).reward_model else
-                 load_causal_lm(m.path, m.dtype, m.trust_remote_code, **load,
-                                load_in_4bit=m.lora is not None and m.lora.load_in_4bit))
+                 load_causal_lm(m.path, m.dtype, m.trust_remote_code, **load))
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
@@ -198,6 +197,7 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
                                                                ).placed(backend.place)
         log.info("reference log-probs ready for the %d train examples this run visits and %d eval examples "
                  "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
+        del ref_module  # a separate reference model is not kept beside the policy: precompute's promise
     elif mode == "live":
         vocab = objective.distributions or "retain_vocab" in objective.needs
         if m.lora is not None and not recipe.reference.path:  # the policy with its adapters off: no second model

@@ -28,6 +28,7 @@ import torch
 from alignkit.data.encode import EncodeSettings, collate_sft, encode_sft
 from alignkit.device import host, place, place_model, work_device
 from alignkit.errors import RecipeError
+from alignkit.paths import shipped
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def load_suite(path: str | None, key: str = "eval.suite") -> RewardSuite:
         return RewardSuite()
     from omegaconf import OmegaConf
 
+    path = str(shipped(path, "evals"))  # a file, or a shipped suite (evals/reward.yaml) from any directory
     if not Path(path).is_file():
         raise RecipeError(f"evaluation suite {path} does not exist ({key})")
     try:

@@ -32,6 +32,7 @@ from alignkit.data.encode import EncodeSettings, collate_sft, render_prompt
 from alignkit.device import host, place, place_model, work_device
 from alignkit.evaluation import unlearning_metrics as um
 from alignkit.kinds.forget import encode as encode_forget
+from alignkit.paths import shipped
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,7 @@ def load_suite(path: str, key: str = "eval.suite") -> UnlearningSuite:
 
     from alignkit.errors import RecipeError
 
+    path = str(shipped(path, "evals"))  # a file, or a shipped suite (evals/reward.yaml) from any directory
     if not Path(path).is_file():
         raise RecipeError(f"evaluation suite {path} does not exist ({key})")
     try:

@@ -33,15 +33,16 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def resolve_attn_implementation(choice: str = "auto", on_cuda: bool | None = None) -> str:
+def resolve_attn_implementation(choice: str = "auto", on_cuda: bool | None = None, dtype: str = "bfloat16") -> str:
     """`model.attn_implementation` for the device this process loads onto: auto = FlashAttention-2 on CUDA when
-    flash-attn is installed, else SDPA; flash_attention_2 without CUDA or without the package is an error."""
+    flash-attn is installed and the weights are bf16/fp16 (its kernels take no fp32), else SDPA; flash_attention_2
+    without CUDA or without the package is an error."""
     import importlib.util
 
     on_cuda = torch.cuda.is_available() if on_cuda is None else on_cuda
     has_flash = importlib.util.find_spec("flash_attn") is not None
     if choice == "auto":
-        return "flash_attention_2" if on_cuda and has_flash else "sdpa"
+        return "flash_attention_2" if on_cuda and has_flash and dtype != "float32" else "sdpa"
     if choice == "flash_attention_2" and not (on_cuda and has_flash):
         raise AlignkitError("model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn "
                             "package (" + ("not installed" if on_cuda else "this process sees no GPU") +
@@ -49,38 +50,17 @@ def resolve_attn_implementation(choice: str = "auto", on_cuda: bool | None = Non
     return choice
 
 
-def quantization_4bit(dtype: str):
-    """QLoRA's frozen base: 4-bit NF4 with double quantization, computing in the recipe's dtype (bitsandbytes)."""
-    import importlib.util
-
-    if not torch.cuda.is_available():
-        raise AlignkitError("model.lora.load_in_4bit: 4-bit weights need bitsandbytes' CUDA kernels and this process "
-                            "sees no GPU")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise AlignkitError("model.lora.load_in_4bit needs the bitsandbytes package (pip install bitsandbytes)")
-    from transformers import BitsAndBytesConfig
-
-    compute = DTYPES["bfloat16" if dtype == "float32" else dtype]
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
-
-
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, attn: str = "auto",
-                   on_cuda: bool | None = None, load_in_4bit: bool = False):
+                   on_cuda: bool | None = None):
     """A causal LM on the CPU (callers put it on its device with alignkit.device.place_model). `on_cuda`: whether
-    it will compute on a GPU (default: this process sees one), for the attention kernel. `load_in_4bit`: QLoRA's
-    4-bit base, loaded straight onto this process's GPU."""
+    it will compute on a GPU (default: this process sees one), for the attention kernel."""
     from transformers import AutoModelForCausalLM
 
     local = resolve_model_path(path)
-    quantized = {}
-    if load_in_4bit:
-        quantized = {"quantization_config": quantization_4bit(dtype),
-                     "device_map": {"": torch.cuda.current_device()}}
+    attn_implementation = resolve_attn_implementation(attn, on_cuda, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(local, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                                                     attn_implementation=resolve_attn_implementation(attn, on_cuda),
-                                                     **quantized)
+                                                     attn_implementation=attn_implementation)
     except OSError as exc:
         raise AlignkitError(f"cannot load a model from `{path}`: {str(exc).splitlines()[0]}") from None
     return model
@@ -96,7 +76,7 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             local, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-            attn_implementation=resolve_attn_implementation(attn, on_cuda))
+            attn_implementation=resolve_attn_implementation(attn, on_cuda, dtype))
     except OSError as exc:
         raise AlignkitError(f"cannot load a reward model from `{path}`: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:  # an architecture without a sequence-classification class

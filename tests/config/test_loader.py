@@ -178,6 +178,7 @@ def test_attn_implementation_is_validated_and_resolved(recipe_dir):
     assert load_recipe(recipe_dir / "base.yaml", ["model.attn_implementation=eager"]).model.attn_implementation == \
         "eager"
     assert resolve_attn_implementation("auto", on_cuda=False) == "sdpa"
+    assert resolve_attn_implementation("auto", on_cuda=True, dtype="float32") == "sdpa"  # FA2 kernels take no fp32
     assert resolve_attn_implementation("eager", on_cuda=False) == "eager"
     with pytest.raises(AlignkitError, match="flash_attention_2 needs a CUDA GPU .* sees no GPU"):
         resolve_attn_implementation("flash_attention_2", on_cuda=False)

@@ -32,6 +32,10 @@ def test_splits_are_seeded_disjoint_and_sized():
         assert all(0 <= v <= 999 for v in values) and values[-1] == row["answer"]
     with pytest.raises(KeyError):
         chain_arith("validation")
+    with pytest.raises(ValueError, match="at most 128 held-out problems"):
+        chain_arith("test", size=129)
+    with pytest.raises(ValueError, match="fewer than"):
+        chain_arith("train", size=500, ops=(1, 1), max_operand=3)
 
 
 @pytest.mark.parametrize("completion,correct,fmt,first_wrong", [

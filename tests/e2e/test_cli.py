@@ -175,3 +175,14 @@ def test_a_non_editable_install_has_the_command_recipes_and_suites(tmp_path):
     dry = subprocess.run([str(site / "bin" / "alignkit"), "run", "unlearn/npo_rt_builtin", "--dry-run"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr[-2000:]
+
+
+def test_shipped_suites_resolve_from_any_directory(tmp_path, monkeypatch):
+    """A shipped recipe's `eval.suite: evals/reward.yaml` works when the run starts in another directory."""
+    from alignkit.evaluation.reward import load_suite
+    from alignkit.paths import shipped
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped("evals/reward.yaml", "evals").is_file() and shipped("reward", "evals").is_file()
+    assert load_suite("evals/reward.yaml").sets  # found in the package, not the working directory
+    assert shipped("evals/nope.yaml", "evals") == __import__("pathlib").Path("evals/nope.yaml")

@@ -24,6 +24,8 @@ def uninterrupted(tmp_path_factory):
     return losses(out)
 
 
+@pytest.mark.slow  # ~110 s with its uninterrupted run; the online kill test and the run-directory crash test are
+# the other recovery checks (the default suite stays under 10 minutes on 2 cores)
 def test_killed_worker_recovers_with_same_final_metrics(tmp_path, uninterrupted, monkeypatch):
     out = tmp_path / "run"
     marker = tmp_path / "killed"
