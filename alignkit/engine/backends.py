@@ -1,7 +1,7 @@
 """How the one training loop wraps model and optimizer: `deepspeed` (ZeRO 0-3, bf16) or `torch` (one process, for
 debugging and fast tests). Both expose the same calls: forward via `.module(...)`, `backward(loss)` once per
 micro-batch, `step()` once per micro-batch (the optimizer steps on accumulation boundaries), `lr()`, and the device
-seam: `.device` (cuda:<local rank> under GPU workers, else cpu) and `place(tensors)`, through which every batch,
+seam: `.device` (the worker's GPU under GPU workers, else cpu) and `place(tensors)`, through which every batch,
 reference table and auxiliary tensor reaches the model (alignkit/device.py)."""
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ class DeepSpeedBackend(Placement):
 
 
 def make_backend(model: torch.nn.Module, recipe: Recipe, device: torch.device | None = None):
-    """`device`: where to train (default: cuda:<local rank> with cluster.use_gpu, else cpu)."""
+    """`device`: where to train (default: the worker's GPU with cluster.use_gpu, else cpu)."""
     device = device if device is not None else work_device(recipe.cluster.use_gpu)
     cls = DeepSpeedBackend if recipe.trainer.backend == "deepspeed" else TorchBackend
     backend = cls(model, recipe, device)
