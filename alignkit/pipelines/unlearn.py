@@ -63,7 +63,8 @@ def learn_recipe(recipe: Recipe, role: str) -> Recipe:
         "optim.scheduler": "constant", "optim.warmup_steps": 0,
         "trainer.max_steps": math.ceil(u.learn_epochs * items / u.learn_batch_size), "trainer.micro_batch_size": micro,
         "trainer.eval_every": 0, "trainer.checkpoint_every": 0, "trainer.export_every": 0, "eval.generate": False,
-        "sweep": {}})
+        # the target model is fine-tuned in full, and its training is not an experiment of the user's trackers
+        "model.lora": None, "run.loggers": ["jsonl"], "sweep": {}})
     d = recipe_to_dict(learn)
     key = {k: d[k] for k in ("model", "data", "objective", "optim", "trainer")} | {"seed": d["run"]["seed"]}
     # settings that do not change the learned weights do not change the cache key
@@ -219,7 +220,9 @@ def _relearn(recipe: Recipe, model, tokenizer, sets: dict, out: Path, kw: dict) 
         "trainer.max_steps": recipe.unlearn.relearn_steps, "trainer.micro_batch_size": min(len(encoded), 4),
         "trainer.grad_accum": 1, "trainer.eval_every": 0, "trainer.checkpoint_every": 0, "trainer.progress_bar": False,
         "trainer.offload_optimizer": False, "trainer.offload_params": False, "cluster.num_workers": 1,
-        "data.retain": None, "data.eval": None, "sweep": {}}, source="relearning attack")
+        "data.retain": None, "data.eval": None, "sweep": {},
+        # the attack fine-tunes every weight (an attacker is not limited to adapters) and logs to its own files only
+        "model.lora": None, "run.loggers": ["jsonl"]}, source="relearning attack")
     attacked = copy.deepcopy(model)
     train(attack, TrainData("sft", encoded, [], tokenizer.pad_token_id), out / "relearn", model=attacked)
     attacked.config.use_cache = True
