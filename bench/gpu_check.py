@@ -91,19 +91,9 @@ def check_online_round(tmp: Path, gpu: bool) -> dict:
     from alignkit.models.loading import load_tokenizer, resolve_model_path
     from alignkit.models.logps import forward_batch
     from alignkit.pipelines.online import validate
+    from alignkit.rollout.engine import InProcessClient
     from alignkit.rollout.hf import HFEngine
     from alignkit.rollout.rounds import RoundMaker
-
-    class InProcessClient:
-        def __init__(self, engine):
-            self.engine = engine
-
-        def generate(self, prompts, sampling):
-            return self.engine.generate(prompts, sampling)
-
-        def update_weights(self, weights, via=None):
-            start = time.perf_counter()
-            return {"version": self.engine.update_weights(weights), "seconds": time.perf_counter() - start}
 
     r = recipe(tmp / "online", "pmpo", use_gpu=gpu, steps=2,
                data={"train": "", "train_size": None, "max_length": 64, "max_prompt_length": 48},

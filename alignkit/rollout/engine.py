@@ -160,6 +160,22 @@ class EngineClient:
         return {"seconds": seconds, "version": versions[0]}
 
 
+class InProcessClient:
+    """The EngineClient interface over an engine object in this process, without Ray (tests, benchmarks, the GPU
+    check). The engine copies pushed weights into its own model (load_state_dict), so nothing is shared."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def generate(self, prompts: list, sampling) -> list:
+        return self.engine.generate(prompts, sampling)
+
+    def update_weights(self, weights: dict, via=None) -> dict:
+        start = time.perf_counter()
+        version = self.engine.update_weights(weights)
+        return {"version": version, "seconds": time.perf_counter() - start}
+
+
 class RolloutPool:
     """`cfg` is a recipe's `rollout:` section (config/schema.py RolloutConfig)."""
 

@@ -12,20 +12,8 @@ from alignkit.data.encode import EncodeSettings
 from alignkit.engine.loop import RunHooks, TrainData, train
 from alignkit.engine.sources import OnlineSource
 from alignkit.pipelines.online import validate
+from alignkit.rollout.engine import InProcessClient
 from alignkit.rollout.rounds import RoundMaker
-
-
-class InProcessClient:
-    """The EngineClient interface over an engine in this process (no Ray)."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def generate(self, prompts, sampling):
-        return self.engine.generate(prompts, sampling)
-
-    def update_weights(self, weights, via=None):
-        return {"seconds": 0.0, "version": self.engine.update_weights({k: v.clone() for k, v in weights.items()})}
 
 
 def _recipe(out, **online):
