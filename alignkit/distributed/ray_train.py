@@ -105,7 +105,8 @@ def _online_source(recipe: Recipe, payload: dict):
     maker = RoundMaker(payload["client"], payload["prompt_rows"], payload["eval_rows"],
                        get_objective(recipe.objective.name).kind, o, recipe.model.path,
                        EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto"),
-                       seed=recipe.run.seed, scorer=payload.get("scorer"), colocate=recipe.rollout.colocate)
+                       seed=recipe.run.seed, scorer=payload.get("scorer"), colocate=recipe.rollout.colocate,
+                       rows_dir=payload.get("rows_dir"))
     return OnlineSource(make_rows=maker.make_rows, push=maker.push,
                         evaluate=maker.evaluate if payload["eval_rows"] else None, steps_per_round=o.steps_per_round,
                         seed=recipe.run.seed, micro=t.micro_batch_size, accum=t.grad_accum, few_rows=o.few_rows,

@@ -1,4 +1,4 @@
-"""Record kinds: one module each (pairs, sft, unpaired, forget, reward_pairs). A kind owns how its rows are
+"""Record kinds: one module each (pairs, sft, unpaired, forget, reward_pairs, feedback). A kind owns how its rows are
 normalised (validated into one canonical form), encoded into token ids, collated into batches, and which tensors
 its objectives receive from the policy's (and reference's) forwards. Everything else asks the registry, or the
 functions at the end of this module (load_records, encode_rows, kind_mismatch):
@@ -37,6 +37,7 @@ class RecordKind:
     # not of that shape
     expand: Callable[[dict, str], list[dict] | None] | None = None
     reward_model: bool = False  # the trained model is a reward model (backbone + scalar head), not a policy
+    special_tokens: tuple[str, ...] = ()  # tokens the model must have (added with mean-resized embeddings)
     doc: str = field(default="", compare=False)
 
 

@@ -23,3 +23,11 @@ def sft(inputs: dict[str, torch.Tensor], p: SFTParams):
     """Maximum likelihood on response tokens (prompt tokens masked)."""
     loss = token_mean_nll(inputs["token_logps"], inputs["token_mask"])
     return loss, {"nll": loss.detach()}
+
+
+@register("fcp", kind="feedback", params=SFTParams)
+def fcp(inputs: dict[str, torch.Tensor], p: SFTParams):
+    """Feedback-conditional policy (Luo et al. 2025, spec §5.3): maximum likelihood of the response given its
+    verbal feedback as a condition (`<EF>{feedback}</EF>{question}`, kinds/feedback.py) — no reward, no reference."""
+    loss = token_mean_nll(inputs["token_logps"], inputs["token_mask"])
+    return loss, {"nll": loss.detach()}

@@ -18,7 +18,7 @@ from alignkit.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
-ONLINE_KINDS = ("sft", "pairs", "unpaired")
+ONLINE_KINDS = ("sft", "pairs", "unpaired", "feedback")
 
 
 def load_prompt_rows(spec: str, split: str, fields: list[str], key: str, seed: int = 0) -> tuple[list[dict], str]:
@@ -45,7 +45,7 @@ def validate(recipe: Recipe, read_hub: bool = True) -> dict:
     backend. Returns the prompt rows (empty when a hub source is not read)."""
     from alignkit.data.sources import behaviour_scorer, is_hub_source
     from alignkit.objectives import get_objective
-    from alignkit.rollout.builders import make_row_builder
+    from alignkit.rollout.builders import make_prompt_maker, make_row_builder
     from alignkit.rollout.engine import resolve_backend, resolve_weight_sync
     from alignkit.rollout.feedback import check_provider, provider_fields
 
@@ -55,6 +55,11 @@ def validate(recipe: Recipe, read_hub: bool = True) -> dict:
         raise RecipeError(f"`objective.name`: {objective.name} consumes `{objective.kind}` records; online rounds "
                           f"build {', '.join(ONLINE_KINDS)} records (set online.rounds: 0 for an offline run)")
     make_row_builder(o.rows, o.rows_params, objective.kind)
+    if o.rows_params.get("conditions") is not None:  # FCP's pool of positive conditions: readable and non-empty
+        from alignkit.rollout.builders import load_conditions
+
+        pool = load_conditions(o.rows_params["conditions"], o.rows_params.get("min_condition_score", 0.8))
+        log.info("FCP conditions: a pool of %d positive feedback texts, e.g. %r", len(pool), pool[0])
     check_provider(o.feedback, o.feedback_params)
     backend = resolve_backend(recipe.rollout.backend)
     resolve_weight_sync(recipe.rollout.weight_sync, backend)
@@ -64,6 +69,7 @@ def validate(recipe: Recipe, read_hub: bool = True) -> dict:
         out["prompt_rows"], origin = load_prompt_rows(o.prompts, o.prompts_split, fields, "online.prompts",
                                                       recipe.data.seed)
         log.info("online prompts: %d rows from %s", len(out["prompt_rows"]), origin)
+        make_prompt_maker(o.rows, o.rows_params, objective.kind)(out["prompt_rows"][:1], "generate", 0)
     eval_spec = o.eval_prompts or o.prompts
     if o.eval_every and o.eval_size and (read_hub or not is_hub_source(eval_spec)):
         rows, origin = load_prompt_rows(eval_spec, o.eval_split, fields, "online.eval_prompts", recipe.data.seed)
@@ -88,13 +94,14 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     from alignkit.distributed.ray_train import ensure_ray, run_training
     from alignkit.models.loading import check_model_source, load_tokenizer, resolve_model_path
     from alignkit.objectives import get_objective
-    from alignkit.pipelines.preference import write_run_record
+    from alignkit.pipelines.preference import with_kind_tokens, write_run_record
     from alignkit.rollout.engine import RolloutPool
 
     started = time.perf_counter()
     recipe = with_online_steps(recipe)
     payload = validate(recipe)
     check_model_source(recipe.model.path)
+    recipe = with_kind_tokens(recipe)  # FCP's <EF>, </EF>: the trainer and the engines load the resized model
     model_dir = resolve_model_path(recipe.model.path)
     pad_id = load_tokenizer(recipe.model.path).pad_token_id
     o = recipe.online
@@ -106,7 +113,7 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     try:
         kind = get_objective(recipe.objective.name).kind
         encoded = {"kind": kind, "train": [], "eval": [], "pad_id": pad_id,
-                   "online": {**payload, "client": pool.client()}}
+                   "online": {**payload, "client": pool.client(), "rows_dir": str(out / "rows")}}
         t0 = time.perf_counter()
         run_training(recipe, encoded, out, reserved=pool.reserved)
         train_seconds = time.perf_counter() - t0

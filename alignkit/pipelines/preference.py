@@ -214,6 +214,7 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
     t0 = time.perf_counter()
     check_model_source(recipe.model.path)
     model_dir = resolve_model_path(recipe.model.path)
+    recipe = with_kind_tokens(recipe)
     encoded, info = prepare_data(recipe)
     stats = info["stats"]
     recipe = with_epochs(recipe, stats["train_rows"])
@@ -239,6 +240,20 @@ def train_stage(recipe: Recipe, stale: tuple[str, ...] = ("report.md", "behaviou
     if own:
         run_dir.commit()
     return TrainedRun(out, model_dir, info, time.perf_counter() - t1, started, recipe)
+
+
+def with_kind_tokens(recipe: Recipe) -> Recipe:
+    """The recipe with model.path at a directory that has the special tokens of the objective's record kind (FCP's
+    <EF>, </EF>; models/special_tokens.py); the recipe itself when the kind needs none or the model has them."""
+    from alignkit.kinds import get_kind
+    from alignkit.models.special_tokens import with_special_tokens
+
+    tokens = get_kind(get_objective(recipe.objective.name).kind).special_tokens
+    path = with_special_tokens(recipe.model.path, tokens, recipe.run.seed, recipe.model.dtype)
+    if path == recipe.model.path:
+        return recipe
+    log.info("model.path for this run: %s (%s with %s added)", path, recipe.model.path, ", ".join(tokens))
+    return recipe.derive({"model.path": path})
 
 
 def with_epochs(recipe: Recipe, train_rows: int) -> Recipe:

@@ -4,6 +4,7 @@ encode them. Also the held-out evaluation (greedy generations scored by the same
 behavioural checker when it has one) and the weight push. engine/sources.py OnlineSource calls these."""
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from alignkit.data.encode import EncodeSettings
 from alignkit.errors import DataError
 from alignkit.kinds import encode_rows
-from alignkit.rollout.builders import make_row_builder
+from alignkit.rollout.builders import make_prompt_maker, make_row_builder
 from alignkit.rollout.feedback import make_provider
 from alignkit.rollout.types import SamplingParams
 
@@ -31,6 +32,7 @@ class RoundMaker:
     seed: int = 0
     scorer: object = None  # the prompt set's behavioural checker (data/builtin.py), or None
     colocate: bool = False  # engines on the trainer's GPUs: asleep while the trainer trains, awake to take weights
+    rows_dir: object = None  # where each generation's training rows are written as JSONL (rank 0), or None
     _asleep: bool = field(default=False, repr=False)
     _provider: object = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
@@ -67,14 +69,17 @@ class RoundMaker:
         sampling = SamplingParams(n=o.samples_per_prompt, temperature=o.temperature, top_p=o.top_p,
                                   max_tokens=o.max_new_tokens, seed=self.seed * 1_000_003 + generation)
         self._wake()  # colocated engines sleep while the trainer trains; a second generation of a round wakes them too
+        prompts = make_prompt_maker(o.rows, o.rows_params, self.kind)(rows, "generate", sampling.seed)
         start = time.perf_counter()
-        completions = self.client.generate([r["prompt"] for r in rows], sampling)
+        completions = self.client.generate(prompts, sampling)
         generate_s = time.perf_counter() - start
         start = time.perf_counter()
         feedback = self.provider.batch([rows[c.prompt_index] for c in completions], [c.text for c in completions])
         score_s = time.perf_counter() - start
         build = make_row_builder(o.rows, o.rows_params, self.kind)
         train_rows = build(rows, completions, feedback)
+        if self.rows_dir is not None:
+            self._write_rows(generation, train_rows)
         encoded, dropped = [], 0
         for row in train_rows:  # a generated row that cannot be encoded is dropped and counted, not fatal
             try:
@@ -97,6 +102,17 @@ class RoundMaker:
             self._asleep = True
         return encoded, metrics
 
+    def _write_rows(self, generation: int, rows: list[dict]) -> None:
+        """rows/generation_NNNN.jsonl: what this generation trained on, readable (an FCP run's feedback rows are
+        the pool of conditions of a bootstrapping run)."""
+        from pathlib import Path
+
+        path = Path(self.rows_dir) / f"generation_{generation:04d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+        tmp.replace(path)
+
     def _wake(self) -> None:
         if self._asleep:
             self.client.wake()
@@ -106,7 +122,8 @@ class RoundMaker:
         """Greedy generations on the held-out prompts with the engines' current (just pushed) weights."""
         rows = self.eval_rows
         self._wake()
-        completions = self.client.generate([r["prompt"] for r in rows],
+        prompts = make_prompt_maker(self.online.rows, self.online.rows_params, self.kind)(rows, "evaluate", self.seed)
+        completions = self.client.generate(prompts,
                                            SamplingParams(temperature=0.0, max_tokens=self.online.max_new_tokens))
         texts = [c.text for c in sorted(completions, key=lambda c: c.prompt_index)]
         out = {}
