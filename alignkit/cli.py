@@ -115,6 +115,10 @@ def run_recipe(args) -> int:
 
             recipe = with_online_steps(recipe)
             validate(recipe, read_hub=False)
+        elif recipe.steps.problems:
+            from alignkit.pipelines.step_negatives import load_problems
+
+            load_problems(recipe)
         else:
             check_data_kinds(recipe, read_hub=False)
         if not args.sweep:  # the run directory the run would write (a sweep writes <name>-sweep/)

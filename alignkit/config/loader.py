@@ -288,7 +288,7 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
 
     t, d, c = recipe.trainer, recipe.data, recipe.cluster
     o = recipe.online
-    need(bool(d.train) or o.rounds > 0, "data.train",
+    need(bool(d.train) or o.rounds > 0 or bool(recipe.steps.problems), "data.train",
          "is required (builtin:<name>, a .jsonl/.json/.parquet file, or a hub id)")
     need(o.rounds >= 0, "online.rounds", f"must be >= 0 (0 = an offline run), got {o.rounds}")
     if o.rounds > 0:
@@ -303,6 +303,16 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
         need(recipe.reference.mode != "precompute", "reference.mode",
              "online rows are generated during training, so their reference log-probs cannot be precomputed; use "
              "live or auto")
+    st = recipe.steps
+    if st.problems:
+        need(o.rounds == 0, "steps.problems", "a per-step-negatives run is not an online run; set online.rounds: 0")
+        for key in ("num_problems", "samples_per_problem", "max_negatives", "k", "groups", "max_new_tokens"):
+            need(getattr(st, key) >= 1, f"steps.{key}", f"must be >= 1, got {getattr(st, key)}")
+        need(st.sft_problems >= 0 and st.sft_steps >= 1, "steps.sft_problems", "sft_problems must be >= 0 and "
+             "sft_steps >= 1")
+        need(st.use_problems is None or 1 <= st.use_problems <= st.num_problems, "steps.use_problems",
+             f"must be between 1 and steps.num_problems ({st.num_problems}), got {st.use_problems}")
+        need(st.awr_beta > 0 and st.awr_max_weight > 0, "steps.awr_beta", "awr_beta and awr_max_weight must be > 0")
     fp16 = ("without loss scaling, which alignkit does not do (small gradients underflow to zero in float16); use "
             "bf16 (GPUs from Ampere on, and CPUs) or fp32")
     need(t.precision != "fp16", "trainer.precision", f"fp16 would train {fp16}")

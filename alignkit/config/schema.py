@@ -259,6 +259,41 @@ class OnlineConfig:
 
 
 @dataclass
+class StepsConfig:
+    """Per-step negatives (Setlur et al. 2024; alignkit/pipelines/step_negatives.py): π_sft from gold solutions,
+    samples of π_sft on `num_problems` more problems, Q̂ of every step prefix of the wrong ones from best-of-K
+    rollouts, the critical step, then training rows for `method` from π_sft. Every stage is cached by a hash of
+    its inputs. `problems: ""` = not a per-step run."""
+    problems: str = ""  # a problem set with a checker: builtin:chain_arith (rows: prompt, completion = a gold
+    #                     solution, and what the checker reads)
+    split: str = "train"
+    sft_problems: int = 256  # the first N problems' gold solutions train π_sft (0: model.path is π_sft)
+    sft_steps: int = 16  # optimizer steps of that SFT (at the recipe's batch size and optim.lr)
+    sft_lr: float = 5.0e-5
+    num_problems: int = 128  # the synthetic problems after them: sampled and mined
+    use_problems: int | None = None  # the first N of them give the training rows (default: all; a data-size sweep
+    #                                  mines once and trains on subsets)
+    samples_per_problem: int = 4  # samples of π_sft per problem (the positives and negatives)
+    max_negatives: int = 1  # wrong samples per problem whose steps are valued (the paper: 8)
+    k: int = 5  # best-of-K rollouts per prefix (the paper's K = 5)
+    groups: int = 1  # M groups of K per prefix: Q̂ = share of groups with a success (M = 1: Q̂ in {0, 1})
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    split_pattern: str | None = None  # steps end after each match of this regex; default: after each newline
+    early_exit: bool = False  # value prefixes depth by depth and stop a negative at its first hopeless prefix (Q̂ = 0)
+    #                           (default: all prefixes of all negatives in one generate call)
+    critical: Literal["mc", "oracle"] = "mc"  # the critical step from Q̂, or the checker's true first wrong step
+    keep_no_pit: bool = False  # keep negatives where every Q̂ > 0 (their critical step is still the first minimum)
+    pair_form: Literal["paper", "shared_prefix"] = "paper"  # paper: question / a full correct solution / the
+    #   negative up to its critical step; shared_prefix: question + steps before the pit / a correct continuation
+    #   of that prefix / the pit step (Self-Explore, Step-DPO)
+    method: Literal["step_dpo", "step_awr", "sft", "rft", "full_dpo"] = "step_dpo"
+    awr_beta: float = 0.5  # AWR weights exp(A / awr_beta), clipped at awr_max_weight
+    awr_max_weight: float = 20.0
+    eval_split: str = "test"
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -273,6 +308,7 @@ class Recipe:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+    steps: StepsConfig = field(default_factory=StepsConfig)
     # Where the recipe came from, for error messages and the run record; not a YAML key.
     source: str = field(default="<dict>", metadata={"internal": True})
 

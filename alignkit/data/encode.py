@@ -42,6 +42,24 @@ def render_prompt(tokenizer, prompt, use_chat_template: bool = True) -> str:
     return prompt
 
 
+def prompt_token_ids(tokenizer, prompt) -> list[int]:
+    """What an engine feeds the model for a prompt: a string or chat messages rendered with the generation prompt,
+    or `{"prompt_ids": [...]}` as given — a partial answer to continue, not closed by a template or an EOS."""
+    if isinstance(prompt, dict):
+        ids = prompt.get("prompt_ids")
+        if not (isinstance(ids, list) and ids and all(isinstance(t, int) for t in ids)):
+            raise ValueError("a token-id prompt is {\"prompt_ids\": [non-empty list of ints]}")
+        return list(ids)
+    return ids_of(tokenizer, render_prompt(tokenizer, prompt))
+
+
+def continuation_prompt(tokenizer, prompt, prefix: str) -> dict:
+    """The prompt (rendered, generation prompt included) followed by the first part of an assistant answer, as token
+    ids: an engine continues the answer from exactly there."""
+    return {"prompt_ids": ids_of(tokenizer, render_prompt(tokenizer, prompt)) + (ids_of(tokenizer, prefix)
+                                                                                  if prefix else [])}
+
+
 def truncate(prompt_ids: list[int], completion_ids: list[int], s: EncodeSettings) -> tuple[list, list, bool]:
     cut = False
     if len(prompt_ids) > s.max_prompt_length:

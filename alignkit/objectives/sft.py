@@ -31,3 +31,13 @@ def fcp(inputs: dict[str, torch.Tensor], p: SFTParams):
     verbal feedback as a condition (`<EF>{feedback}</EF>{question}`, kinds/feedback.py) — no reward, no reference."""
     loss = token_mean_nll(inputs["token_logps"], inputs["token_mask"])
     return loss, {"nll": loss.detach()}
+
+
+@register("awr", kind="weighted", params=SFTParams)
+def awr(inputs: dict[str, torch.Tensor], p: SFTParams):
+    """Advantage-weighted NLL (per-step negatives, spec §7.3): each response token's NLL times its step's weight
+    exp(A / β) (kinds/weighted.py), averaged over the batch's response tokens."""
+    mask = inputs["token_mask"]
+    loss = -(inputs["token_logps"] * inputs["token_weights"] * mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"nll": token_mean_nll(inputs["token_logps"], mask).detach(),
+                  "mean_weight": ((inputs["token_weights"] * mask).sum() / mask.sum().clamp(min=1)).detach()}

@@ -1,5 +1,5 @@
 """Pipelines: what `launch.py` runs for a recipe, named by the objective's record kind (preference, reward,
-unlearn) or `online` for recipes with online rounds."""
+unlearn), `online` for recipes with online rounds, `step_negatives` for recipes with `steps.problems`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +15,8 @@ def run_pipeline(recipe) -> Path:
     from alignkit.rundir import RunDirectory, run_directory
 
     # the objective's record kind names its pipeline (alignkit/kinds/); online recipes have their own
-    name = "online" if recipe.online.rounds > 0 else get_kind(get_objective(recipe.objective.name).kind).pipeline
+    name = ("online" if recipe.online.rounds > 0 else "step_negatives" if recipe.steps.problems
+            else get_kind(get_objective(recipe.objective.name).kind).pipeline)
     run = importlib.import_module(f"alignkit.pipelines.{name}").run
     with run_directory(RunDirectory.of(recipe)) as run_dir:
         return run(recipe, run_dir)

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from alignkit.data.encode import EncodeSettings, collate_sft, encode_sft, render_prompt
+from alignkit.data.encode import EncodeSettings, collate_sft, encode_sft, prompt_token_ids
 from alignkit.device import place, place_model, work_device
 from alignkit.rollout.types import Completion, SamplingParams
 
@@ -41,24 +41,25 @@ class HFEngine:
 
     # ------------------------------------------------------------------------------------------------ generate
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
-        """n completions per prompt (a string, or a chat message list rendered with the tokenizer's template)."""
-        texts = [render_prompt(self.tokenizer, p) for p in prompts]
-        jobs = [(i, k) for i in range(len(texts)) for k in range(sampling.n)]
+        """n completions per prompt: a string, a chat message list rendered with the tokenizer's template, or
+        `{"prompt_ids": [...]}` (token ids as given: a partial answer is continued, not closed)."""
+        ids = [prompt_token_ids(self.tokenizer, p) for p in prompts]
+        jobs = [(i, k) for i in range(len(ids)) for k in range(sampling.n)]
         out: list[Completion] = []
         for chunk_index, start in enumerate(range(0, len(jobs), self.batch_size)):
             chunk = jobs[start:start + self.batch_size]
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed + chunk_index)
-            out += self._generate_chunk([texts[i] for i, _ in chunk], chunk, sampling)
+            out += self._generate_chunk([ids[i] for i, _ in chunk], chunk, sampling)
         return out
 
-    def _generate_chunk(self, texts: list[str], jobs: list[tuple[int, int]], s: SamplingParams) -> list[Completion]:
+    def _generate_chunk(self, prompts: list[list[int]], jobs: list[tuple[int, int]], s: SamplingParams
+                        ) -> list[Completion]:
         tok = self.tokenizer
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            enc = place(dict(tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)), self.device)
-        finally:
-            tok.padding_side = side
+        width = max(len(p) for p in prompts)  # left padding: every row's next token is at the same position
+        enc = place({"input_ids": torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts]),
+                     "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])},
+                    self.device)
         sample = s.temperature > 0
         kwargs = dict(do_sample=sample, max_new_tokens=s.max_tokens, pad_token_id=tok.pad_token_id,
                       return_dict_in_generate=True, output_logits=True, top_k=None,

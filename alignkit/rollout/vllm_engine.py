@@ -53,9 +53,9 @@ class VLLMEngine:
         self.init_seconds = time.perf_counter() - start
 
     def _prompt_ids(self, prompt) -> list[int]:
-        from alignkit.data.encode import render_prompt
+        from alignkit.data.encode import prompt_token_ids
 
-        return self.tokenizer(render_prompt(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        return prompt_token_ids(self.tokenizer, prompt)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[Completion]:
         from vllm import SamplingParams as VSamplingParams

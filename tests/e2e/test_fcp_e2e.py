@@ -6,7 +6,8 @@ import json
 import pytest
 
 from alignkit.kinds.feedback import EF_END, EF_START
-from tests.e2e.test_cli import assert_clean_error, launch
+from tests.conftest import REPO
+from tests.e2e.test_cli import launch
 
 
 def test_two_fcp_bootstrap_rounds_through_the_launcher(tmp_path):
@@ -45,5 +46,10 @@ def test_two_fcp_bootstrap_rounds_through_the_launcher(tmp_path):
                                          "`feedback` records; use fcp_offline"),
     (["online.feedback_params={critique_type: judge}"], "critique_type must be pro or user"),
 ])
-def test_bad_fcp_recipes_fail_before_anything_starts(overrides, message):
-    assert_clean_error(launch("recipes/fcp/tiny_debug.yaml", *overrides, "--dry-run"), message)
+def test_bad_fcp_recipes_fail_before_anything_starts(overrides, message, capsys, monkeypatch):
+    from alignkit.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["recipes/fcp/tiny_debug.yaml", *overrides, "--dry-run"]) == 2  # in-process `launch.py --dry-run`
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]

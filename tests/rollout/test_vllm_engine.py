@@ -167,3 +167,21 @@ def test_online_rounds_with_a_vllm_engine_and_trainer_push(tmp_path, vllm_tiny_d
     assert [r["online/weights_version"] for r in records if "online/weights_version" in r] == [1, 2]
     assert [r["online/round"] for r in records if "online/round" in r] == [0, 1]
     assert "weights by collective" in (out / "report.md").read_text()
+
+
+def test_fcp_markers_in_a_resized_model(vllm_tiny_dir):
+    """An FCP model (<EF>, </EF> added, embeddings mean-resized) loads in vLLM, which sees the resized vocabulary:
+    the markers are single tokens of the prompt, and vLLM and HF give the same log-probs for a fixed answer."""
+    from alignkit.kinds.feedback import EF_END, EF_START, fcp_prompt
+    from alignkit.models.special_tokens import with_special_tokens
+
+    path = with_special_tokens(vllm_tiny_dir, (EF_START, EF_END))
+    vllm_engine, hf_engine = VLLMEngine(path, gpu_memory_utilization=0.2), HFEngine(path)
+    prompt = fcp_prompt("What is 2 + 3?", "Accurate and rigorous.")
+    ids = vllm_engine._prompt_ids(prompt)
+    assert vllm_engine.tokenizer.convert_tokens_to_ids(EF_START) in ids and \
+        vllm_engine.tokenizer.convert_tokens_to_ids(EF_END) in ids
+    [c] = vllm_engine.generate([prompt], SamplingParams(temperature=0, max_tokens=4))
+    assert len(c.token_ids) >= 1
+    a, b = vllm_engine.score([prompt], ["5"])[0], hf_engine.score([prompt], ["5"])[0]
+    assert a == pytest.approx(b, abs=1e-4)

@@ -1,0 +1,46 @@
+"""Per-step negatives as a user runs it: `python launch.py recipes/step_negatives/tiny_debug.yaml` — π_sft, samples,
+Q̂ of every step prefix, per-step DPO pairs, training and held-out generations; a second method on the same problems
+reuses every cached stage."""
+import json
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.test_cli import launch
+
+
+def test_the_pipeline_through_the_launcher_and_its_stage_cache(tmp_path):
+    out = tmp_path / "dpo"
+    proc = launch("recipes/step_negatives/tiny_debug.yaml", f"run.output_dir={out}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "steps.json").read_text())
+    assert summary["samples"] == 16 and summary["values"]["generate_calls"] == 1  # every prefix in one call
+    assert summary["rows"] >= 1 and summary["values"]["rollouts"] == 2 * summary["values"]["prefixes"]
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert all({"prompt", "chosen", "rejected"} <= set(r) for r in rows)
+    assert "gen/correct" in summary["held_out"]["final"] and (out / "final" / "config.json").exists()
+    assert "per-step negatives" in (out / "report.md").read_text()
+    # another method on the same problems: π_sft, samples and Q̂ come from the cache
+    awr = tmp_path / "awr"
+    proc = launch("recipes/step_negatives/tiny_debug.yaml", "steps.method=step_awr", "objective.name=awr",
+                  "~objective.beta", f"run.output_dir={awr}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("π_sft cached", "samples cached", "step values cached"):
+        assert stage in proc.stderr
+    again = json.loads((awr / "steps.json").read_text())
+    assert again["timings"]["value_s"] < 5 and again["rows"] >= summary["rows"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["steps.problems=builtin:concise_arithmetic"], "gold solution"),
+    (["steps.use_problems=99"], "steps.use_problems"),
+    (["steps.method=step_awr"], "steps.method step_awr trains objective awr"),
+    (["steps.critical=oracle", "steps.problems=builtin:concise_arithmetic"], "gold solution"),
+])
+def test_bad_step_recipes_fail_before_anything_starts(overrides, message, capsys, monkeypatch):
+    from alignkit.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["recipes/step_negatives/tiny_debug.yaml", *overrides, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
