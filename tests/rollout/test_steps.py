@@ -104,11 +104,12 @@ def _recipe(tmp_path, **steps):
     return load_recipe("recipes/step_negatives/tiny_debug.yaml", overrides)
 
 
-def test_value_stage_batches_every_prefix_and_caches(tiny_model_dir, tmp_path):
+def test_value_stage_batches_every_prefix_and_caches(tiny_model_dir, tmp_path, monkeypatch):
     from alignkit.data.sources import behaviour_scorer
     from alignkit.models.loading import load_tokenizer
     from alignkit.pipelines.step_negatives import value_stage
 
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))  # the stage cache starts empty
     tok = load_tokenizer(tiny_model_dir)
     problems = chain_arith("train", size=2)
     scorer = behaviour_scorer("builtin:chain_arith")
@@ -123,12 +124,9 @@ def test_value_stage_batches_every_prefix_and_caches(tiny_model_dir, tmp_path):
 
     def reply(prompt):  # continue correctly when the prefix is on the gold path, else give up
         text = tok.decode(prompt["prompt_ids"])
-        for g in gold:
-            for j in range(len(g.splitlines()), -1, -1):
-                prefix = "".join(g.splitlines(keepends=True)[:j])
-                if text.endswith(prefix) and (prefix or text.endswith("assistant\n")):
-                    return g[len(prefix):]
-        return "no idea"
+        p = next(i for i, row in enumerate(problems) if row["prompt"][0]["content"] in text)
+        answer = text[text.rindex("assistant\n") + len("assistant\n"):]  # the prefix being continued
+        return gold[p][len(answer):] if gold[p].startswith(answer) else "no idea"
 
     recipe = _recipe(tmp_path, k=2)
     pool = ScriptedPool(reply)
@@ -161,8 +159,8 @@ def test_rows_of_each_method(tmp_path):
               {"problem": 1, "steps": steps, "qs": [0.5, 0.5, 0.5], "advantages": [0.0, 0.0, 0.0], "critical": 0,
                "pit": False, "oracle": 2, "continuations": [None, None, None]}]
 
-    def rows(**steps_keys):
-        return build_rows(_recipe(tmp_path, **steps_keys), problems, samples, values)
+    def rows(**steps_keys):  # (the tiny recipe keeps pit-less negatives; the default drops them)
+        return build_rows(_recipe(tmp_path, **{"keep_no_pit": "false", **steps_keys}), problems, samples, values)
 
     pairs, stats = rows(method="step_dpo")
     assert len(pairs) == 1 and stats["kept"] == 1 and stats["with_pit"] == 1  # the pit-less negative is dropped
