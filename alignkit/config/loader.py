@@ -310,6 +310,15 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
             need(getattr(st, key) >= 1, f"steps.{key}", f"must be >= 1, got {getattr(st, key)}")
         need(st.sft_problems >= 0 and st.sft_steps >= 1, "steps.sft_problems", "sft_problems must be >= 0 and "
              "sft_steps >= 1")
+        need(st.critical != "oracle" or st.split_pattern is None, "steps.critical",
+             "oracle (the checker's first wrong line) needs the default line steps; remove steps.split_pattern")
+        if st.split_pattern is not None:
+            import re
+
+            try:
+                re.compile(st.split_pattern)
+            except re.error as exc:
+                need(False, "steps.split_pattern", f"is not a regular expression: {exc}")
         need(st.use_problems is None or 1 <= st.use_problems <= st.num_problems, "steps.use_problems",
              f"must be between 1 and steps.num_problems ({st.num_problems}), got {st.use_problems}")
         need(st.awr_beta > 0 and st.awr_max_weight > 0, "steps.awr_beta", "awr_beta and awr_max_weight must be > 0")

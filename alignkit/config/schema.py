@@ -212,6 +212,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # vllm
     enforce_eager: bool = True  # vllm: no CUDA graphs / torch.compile (required on CPU; slower decode on GPU)
     batch_size: int = 16  # hf: sequences per generate call
+    prefix_caching: bool = True  # vllm: reuse the KV cache of shared prompt prefixes (per-step negatives' Q̂ stage
+    #                              continues many prefixes of one question)
     threads: int | None = None  # hf: torch threads per engine (default: cpus_per_engine)
     sync_timeout_s: float = 300.0  # a weight push or generate call that takes longer fails with a clear error
     # how new weights reach the engines: collective = from trainer rank 0 through vLLM's weight-transfer protocol
@@ -283,6 +285,8 @@ class StepsConfig:
     early_exit: bool = False  # value prefixes depth by depth and stop a negative at its first hopeless prefix (Q̂ = 0)
     #                           (default: all prefixes of all negatives in one generate call)
     critical: Literal["mc", "oracle"] = "mc"  # the critical step from Q̂, or the checker's true first wrong step
+    keep_truncated: bool = False  # value wrong samples cut off at max_new_tokens too (by default only finished
+    #                               wrong answers: a cut-off one could still have been completed right)
     keep_no_pit: bool = False  # keep negatives where every Q̂ > 0 (their critical step is still the first minimum)
     pair_form: Literal["paper", "shared_prefix"] = "paper"  # paper: question / a full correct solution / the
     #   negative up to its critical step; shared_prefix: question + steps before the pit / a correct continuation

@@ -53,11 +53,22 @@ def prompt_token_ids(tokenizer, prompt) -> list[int]:
     return ids_of(tokenizer, render_prompt(tokenizer, prompt))
 
 
-def continuation_prompt(tokenizer, prompt, prefix: str) -> dict:
+def continuation_prompt(tokenizer, prompt, prefix: str = "", prefix_ids: list[int] | None = None) -> dict:
     """The prompt (rendered, generation prompt included) followed by the first part of an assistant answer, as token
-    ids: an engine continues the answer from exactly there."""
-    return {"prompt_ids": ids_of(tokenizer, render_prompt(tokenizer, prompt)) + (ids_of(tokenizer, prefix)
-                                                                                  if prefix else [])}
+    ids — `prefix_ids` (the answer's own tokens, prefix_token_ids) or the tokens of `prefix` — so an engine
+    continues the answer from exactly there."""
+    tail = list(prefix_ids) if prefix_ids is not None else ids_of(tokenizer, prefix) if prefix else []
+    return {"prompt_ids": ids_of(tokenizer, render_prompt(tokenizer, prompt)) + tail}
+
+
+def prefix_token_ids(tokenizer, token_ids: list[int], prefix: str) -> list[int]:
+    """The tokens of a generated answer that spell `prefix` (a cut between its steps): the longest run of its own
+    token ids whose text is a prefix of `prefix`, plus the tokens of any remainder (a token that spans the cut)."""
+    k = 0
+    while k < len(token_ids) and prefix.startswith(tokenizer.decode(token_ids[:k + 1])):
+        k += 1
+    done = tokenizer.decode(token_ids[:k])
+    return list(token_ids[:k]) + (ids_of(tokenizer, prefix[len(done):]) if len(done) < len(prefix) else [])
 
 
 def truncate(prompt_ids: list[int], completion_ids: list[int], s: EncodeSettings) -> tuple[list, list, bool]:

@@ -1,8 +1,12 @@
 """`weighted` records: a prompt and a response given as steps with one weight each — per-token weights for
 advantage-weighted training (per-step negatives, spec §7.3: each step's NLL weighted by exp(A / β)). Fields:
 `prompt` (a string or messages), `steps` (non-empty strings; the response is their concatenation), `weights` (one
-number >= 0 per step). The end-of-turn tokens take the last step's weight. Objective: awr."""
+number >= 0 per step). A token takes the weight of the step its first character is in; the end-of-turn tokens
+the last step's. Objective: awr."""
 from __future__ import annotations
+
+import bisect
+import itertools
 
 import torch
 
@@ -25,20 +29,20 @@ def normalize(row: dict, where: str) -> dict:
 
 
 def encode(tokenizer, row: dict, s: EncodeSettings) -> dict:
-    """Each step tokenised on its own (as a continued prefix is), then the end of turn; a weight per token."""
+    """The response tokenised whole (as the sft kind does); each token takes the weight of the step its first
+    character is in (offsets of a fast tokenizer), the end-of-turn tokens the last step's."""
     text = "".join(row["steps"])
     completion = [{"role": "assistant", "content": text}] if isinstance(row["prompt"], list) else text
     prompt_text, completion_text = render_prompt_completion(tokenizer, row["prompt"], completion, s.use_chat_template)
     if not completion_text.startswith(text):
         raise DataError("the chat template changes the response text; cannot weight its steps")
-    ids, weights = [], []
-    for step, weight in zip(row["steps"], row["weights"]):
-        step_ids = ids_of(tokenizer, step)
-        ids += step_ids
-        weights += [weight] * len(step_ids)
-    end = ids_of(tokenizer, completion_text[len(text):])
-    ids, weights = ids + end, weights + [row["weights"][-1]] * len(end)
-    prompt, kept, cut = truncate(ids_of(tokenizer, prompt_text), ids, s)
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("weighted rows need a fast tokenizer (character offsets of its tokens)")
+    enc = tokenizer(completion_text, add_special_tokens=False, return_offsets_mapping=True)
+    ends = list(itertools.accumulate(len(step) for step in row["steps"]))
+    weights = [row["weights"][min(bisect.bisect_right(ends, start), len(ends) - 1)]
+               for start, _ in enc["offset_mapping"]]
+    prompt, kept, cut = truncate(ids_of(tokenizer, prompt_text), list(enc["input_ids"]), s)
     if not kept:
         raise DataError("a response has no tokens left after truncation; raise data.max_length")
     return {"prompt_ids": prompt, "completion_ids": kept, "token_weights": weights[:len(kept)], "truncated": cut}

@@ -54,12 +54,25 @@ def with_special_tokens(model_path: str, tokens: tuple[str, ...], seed: int = 0,
         import torch
 
         tokenizer = load_tokenizer(model_path)
+        before = len(tokenizer)
         added = tokenizer.add_tokens(list(tokens), special_tokens=True)  # (whole units: never split or merged)
         model = load_causal_lm(model_path, dtype)
         old = model.get_input_embeddings().weight.shape[0]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model.resize_token_embeddings(max(len(tokenizer), old), mean_resizing=True)
+            if len(tokenizer) > old:
+                model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        # Models whose embedding matrix is padded past the tokenizer (Qwen2.5: 151936 rows for ~151665 tokens) put
+        # the new ids on untrained padding rows without resizing: give those rows the mean of the tokenizer's
+        # rows too (mean-resizing draws from N(mean, 1e-9 cov): the mean, to float precision).
+        ids = tokenizer.convert_tokens_to_ids(list(tokens))
+        padded = [i for i in ids if i < old]
+        if padded:
+            with torch.no_grad():
+                for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings())
+                            if e is not None}.values():
+                    emb.weight[padded] = emb.weight[:before].mean(0)
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
         try:
             model.save_pretrained(tmp)

@@ -55,6 +55,7 @@ def validate(recipe: Recipe, read_hub: bool = True) -> dict:
         raise RecipeError(f"`objective.name`: {objective.name} consumes `{objective.kind}` records; online rounds "
                           f"build {', '.join(ONLINE_KINDS)} records (set online.rounds: 0 for an offline run)")
     make_row_builder(o.rows, o.rows_params, objective.kind)
+    pool = None
     if o.rows_params.get("conditions") is not None:  # FCP's pool of positive conditions: readable and non-empty
         from alignkit.rollout.builders import load_conditions
 
@@ -64,7 +65,7 @@ def validate(recipe: Recipe, read_hub: bool = True) -> dict:
     backend = resolve_backend(recipe.rollout.backend)
     resolve_weight_sync(recipe.rollout.weight_sync, backend)
     fields = provider_fields(o.feedback, o.feedback_params)
-    out = {"prompt_rows": [], "eval_rows": [], "scorer": None}
+    out = {"prompt_rows": [], "eval_rows": [], "scorer": None, "conditions": pool}
     if read_hub or not is_hub_source(o.prompts):
         out["prompt_rows"], origin = load_prompt_rows(o.prompts, o.prompts_split, fields, "online.prompts",
                                                       recipe.data.seed)
@@ -100,6 +101,9 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     started = time.perf_counter()
     recipe = with_online_steps(recipe)
     payload = validate(recipe)
+    if payload["conditions"] is not None:  # the pool travels as a list: workers need not see the driver's files
+        recipe = recipe.derive({"online.rows_params": {**recipe.online.rows_params,
+                                                       "conditions": payload["conditions"]}})
     check_model_source(recipe.model.path)
     recipe = with_kind_tokens(recipe)  # FCP's <EF>, </EF>: the trainer and the engines load the resized model
     model_dir = resolve_model_path(recipe.model.path)

@@ -24,6 +24,7 @@ import random
 import time
 from pathlib import Path
 
+from alignkit.config.loader import recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.errors import DataError, RecipeError
 from alignkit.paths import cache_dir
@@ -99,21 +100,25 @@ def sft_model(recipe: Recipe, sft_rows: list[dict]) -> str:
     if s.sft_problems == 0:
         return recipe.model.path
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in sft_rows]
-    key = _digest(_model_key(recipe.model.path), rows, s.sft_steps, s.sft_lr, recipe.global_batch_size,
-                  recipe.data.max_length, recipe.run.seed)
-    root = cache_dir() / "step_negatives" / f"sft-{key}"
-    if (root / "done.json").exists():
-        log.info("step negatives: π_sft cached at %s", root / "final")
-        return str(root / "final")
-    data = _write_jsonl(root.with_name(root.name + "-data.jsonl"), rows)
+    data = _write_jsonl(cache_dir() / "step_negatives" / f"sft-data-{_digest(rows)}.jsonl", rows)
     learn = recipe.derive({
         "objective": {"name": "sft"}, "data.train": str(data), "data.train_split": "train", "data.eval": None,
         "data.train_size": None, "optim.lr": s.sft_lr, "optim.scheduler": "constant", "optim.warmup_steps": 0,
         "trainer.max_steps": s.sft_steps, "trainer.num_epochs": None, "trainer.eval_every": 0,
         "trainer.checkpoint_every": 0, "trainer.export_every": 0, "eval.generate": False, "model.lora": None,
         "run.loggers": ["jsonl"], "sweep": {}, "steps": {"problems": ""}, "run.name": "step_negatives_sft",
-        "run.output_dir": str(root), "run.resume": None, "run.storage_path": None, "run.overwrite": True},
+        "run.output_dir": None, "run.resume": None, "run.storage_path": None, "run.overwrite": True},
         source=f"{recipe.source} (π_sft stage)")
+    # the key: everything of the stage's recipe that shapes the weights (not where it runs or logs)
+    d = recipe_to_dict(learn)
+    key = _digest(_model_key(recipe.model.path), rows, {k: d[k] for k in ("model", "data", "objective", "optim")},
+                  {k: v for k, v in d["trainer"].items() if k not in ("progress_bar", "log_every")},
+                  d["cluster"]["num_workers"], d["run"]["seed"])
+    root = cache_dir() / "step_negatives" / f"sft-{key}"
+    if (root / "done.json").exists():
+        log.info("step negatives: π_sft cached at %s", root / "final")
+        return str(root / "final")
+    learn = learn.derive({"run.output_dir": str(root)})
     start = time.perf_counter()
     train_stage(learn)
     (root / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))
@@ -122,47 +127,65 @@ def sft_model(recipe: Recipe, sft_rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- stage 2
-def sample_stage(recipe: Recipe, pi_sft: str, problems: list[dict], scorer, pool) -> list[dict]:
-    """`samples_per_problem` samples per problem: {problem, sample, text, token_ids, correct}."""
+def sample_stage(recipe: Recipe, pi_sft: str, problems: list[dict], scorer, pool) -> tuple[list[dict], dict]:
+    """`samples_per_problem` samples per problem: {problem, sample, text, token_ids, finish, correct}; and the
+    stage's record {seconds (when it ran), path}."""
     from alignkit.rollout.types import SamplingParams
 
     s = recipe.steps
     key = _digest(_model_key(pi_sft), [r["prompt"] for r in problems], s.samples_per_problem, s.temperature,
-                  s.max_new_tokens, recipe.run.seed)
+                  s.max_new_tokens, recipe.run.seed, _engine_key(recipe))
     path = cache_dir() / "step_negatives" / f"samples-{key}.jsonl"
-    if path.exists():
+    if path.exists() and path.with_suffix(".json").exists():
         log.info("step negatives: samples cached at %s", path)
-        return _read_jsonl(path)
+        return _read_jsonl(path), {**json.loads(path.with_suffix(".json").read_text()), "path": str(path)}
     start = time.perf_counter()
     out = pool.generate([r["prompt"] for r in problems], SamplingParams(
         n=s.samples_per_problem, temperature=s.temperature, max_tokens=s.max_new_tokens, seed=recipe.run.seed))
     rows = [{"problem": c.prompt_index, "sample": c.sample_index, "text": c.text, "token_ids": c.token_ids,
-             "correct": bool(scorer(problems[c.prompt_index], c.text)["correct"])} for c in out]
+             "finish": c.finish_reason, "correct": bool(scorer(problems[c.prompt_index], c.text)["correct"])}
+            for c in out]
+    seconds = time.perf_counter() - start
     log.info("step negatives: %d samples of %d problems in %.1f s, %.1f%% right", len(rows), len(problems),
-             time.perf_counter() - start, 100 * sum(r["correct"] for r in rows) / len(rows))
+             seconds, 100 * sum(r["correct"] for r in rows) / len(rows))
     _write_jsonl(path, rows)
-    return rows
+    meta = {"seconds": seconds, "problems": len(problems)}
+    path.with_suffix(".json").write_text(json.dumps(meta))  # written last: the stage is complete
+    return rows, {**meta, "path": str(path)}
+
+
+def _engine_key(recipe: Recipe) -> dict:
+    """What changes sampled tokens besides the model and the sampling settings: the engine kind, how prompts are
+    split across engines (seed + e per engine), the HF engine's chunking (a seed per chunk), the weights' dtype."""
+    r = recipe.rollout
+    return {"backend": r.backend, "engines": r.num_engines, "batch_size": r.batch_size, "dtype": recipe.model.dtype}
+
 
 
 # ------------------------------------------------------------------------------------------------- stage 3
-def value_stage(recipe: Recipe, pi_sft: str, problems: list[dict], samples: list[dict], scorer, pool
-                ) -> tuple[list[dict], dict]:
+def value_stage(recipe: Recipe, pi_sft: str, problems: list[dict], samples: list[dict], scorer, pool,
+                use_cache: bool = True) -> tuple[list[dict], dict]:
     """Q̂ of every step prefix of the chosen negatives: one record per negative with its steps, q0 (the bare
-    prompt), qs (after each step), advantages, the MC critical step, the checker's first wrong step."""
-    from alignkit.data.encode import continuation_prompt
+    prompt), qs (after each step), advantages, the MC critical step, the checker's first wrong step.
+    `use_cache: False` recomputes (benchmarks of the engines) and leaves the cache as it is."""
+    from alignkit.data.encode import continuation_prompt, prefix_token_ids
     from alignkit.models.loading import load_tokenizer
-    from alignkit.rollout.steps import advantages, critical_step, has_pit, q_hat, split_steps
+    from alignkit.rollout.steps import advantages, critical_step, has_pit, q_hat, split_steps, step_of_line
     from alignkit.rollout.types import SamplingParams
 
     s = recipe.steps
     negatives = []
     for index in range(len(problems)):
-        wrong = [x for x in samples if x["problem"] == index and not x["correct"] and x["text"].strip()]
+        # a sample cut off at max_new_tokens is not a finished wrong answer: its last prefix could still be right
+        wrong = [x for x in samples if x["problem"] == index and not x["correct"] and x["text"].strip()
+                 and (s.keep_truncated or x.get("finish") != "length")]
         negatives += wrong[:s.max_negatives]
     key = _digest(_model_key(pi_sft), [r["prompt"] for r in problems], [(n["problem"], n["text"]) for n in negatives],
-                  s.k, s.groups, s.temperature, s.max_new_tokens, s.split_pattern, s.early_exit, recipe.run.seed)
+                  s.k, s.groups, s.temperature, s.max_new_tokens, s.split_pattern, s.early_exit, s.keep_truncated,
+                  recipe.run.seed,
+                  _engine_key(recipe))
     path = cache_dir() / "step_negatives" / f"values-{key}.jsonl"
-    if path.exists():
+    if use_cache and path.exists() and path.with_suffix(".json").exists():
         log.info("step negatives: step values cached at %s", path)
         rows = _read_jsonl(path)
         return rows, json.loads(path.with_suffix(".json").read_text())
@@ -170,15 +193,23 @@ def value_stage(recipe: Recipe, pi_sft: str, problems: list[dict], samples: list
     n = s.k * s.groups
     sampling = SamplingParams(n=n, temperature=s.temperature, max_tokens=s.max_new_tokens, seed=recipe.run.seed + 1)
     steps = [split_steps(neg["text"], s.split_pattern) for neg in negatives]
-    # prefix j of negative i = its first j steps (j = 0: the bare prompt, shared by a problem's negatives)
-    jobs = sorted({(neg["problem"], "".join(st[:j])) for neg, st in zip(negatives, steps) for j in range(len(st))})
+    # prefix j of negative i = its first j steps (j = 0: the bare prompt, shared by a problem's negatives), as the
+    # sample's own token ids up to that step (not the text re-tokenised)
+    prefix_ids: dict[tuple[int, str], list[int]] = {}
+    for neg, st in zip(negatives, steps):
+        for j in range(len(st)):
+            key_j = (neg["problem"], "".join(st[:j]))
+            if key_j not in prefix_ids:
+                prefix_ids[key_j] = prefix_token_ids(tokenizer, neg.get("token_ids") or [], key_j[1])
+    jobs = sorted(prefix_ids)
     wins: dict[tuple[int, str], list[bool]] = {}
     continuations: dict[tuple[int, str], str] = {}  # a successful continuation of each prefix that has one
     start, generated, calls = time.perf_counter(), 0, 0
 
     def value(todo: list[tuple[int, str]]) -> None:
         nonlocal generated, calls
-        prompts = [continuation_prompt(tokenizer, problems[p]["prompt"], prefix) for p, prefix in todo]
+        prompts = [continuation_prompt(tokenizer, problems[p]["prompt"], prefix_ids=prefix_ids[(p, prefix)])
+                   for p, prefix in todo]
         calls += 1
         for c in pool.generate(prompts, sampling):
             p, prefix = todo[c.prompt_index]
@@ -197,8 +228,9 @@ def value_stage(recipe: Recipe, pi_sft: str, problems: list[dict], samples: list
                            if depth < len(steps[i])} - set(wins))
             if todo:
                 value(todo)
-            alive = [i for i in alive if depth + 1 < len(steps[i])
-                     and q_hat(wins[(negatives[i]["problem"], "".join(steps[i][:depth]))], s.k) > 0]
+            # (the bare prompt is never a reason to stop: an unsolvable problem still gets its first step valued)
+            alive = [i for i in alive if depth + 1 < len(steps[i]) and (
+                depth == 0 or q_hat(wins[(negatives[i]["problem"], "".join(steps[i][:depth]))], s.k) > 0)]
     seconds = time.perf_counter() - start
     from alignkit.data.chain_arith import check
 
@@ -214,15 +246,16 @@ def value_stage(recipe: Recipe, pi_sft: str, problems: list[dict], samples: list
                         "advantages": advantages(q0, qs), "critical": critical_step(qs),
                         # a pit among the rolled-out prefixes (the whole wrong answer is hopeless by definition)
                         "pit": has_pit(qs[:-1]),
-                        "oracle": None if oracle is None else min(oracle, len(st) - 1),
+                        "oracle": None if oracle is None else step_of_line(st, oracle),
                         # continuations[j]: a correct continuation of the first j steps (None: no rollout won)
                         "continuations": [continuations.get((p, "".join(st[:j]))) for j in range(len(st))]})
     stats = {"negatives": len(records), "prefixes": len(wins), "rollouts": generated, "generate_calls": calls,
              "seconds": seconds, "k": s.k, "groups": s.groups, "early_exit": s.early_exit}
     log.info("step negatives: Q̂ of %d prefixes of %d negatives from %d rollouts in %d call(s), %.1f s", len(wins),
              len(records), generated, calls, seconds)
-    _write_jsonl(path, records)
-    path.with_suffix(".json").write_text(json.dumps(stats))
+    if use_cache:
+        _write_jsonl(path, records)
+        path.with_suffix(".json").write_text(json.dumps(stats))
     return records, stats
 
 
@@ -262,8 +295,14 @@ def build_rows(recipe: Recipe, problems: list[dict], samples: list[dict], values
         stats.update(negatives=len(values), with_pit=sum(v["pit"] for v in values), kept=len(kept),
                      mc_finds_true_first_error=_hit_rate(values))
         if s.method == "step_awr":
-            rows = [{"prompt": problems[v["problem"]]["prompt"], "steps": v["steps"],
-                     "weights": step_weights(v["advantages"], s.awr_beta, s.awr_max_weight)} for v in kept]
+            # a negative up to its critical step (alignkit's choice: after the pit A = 0, and weight exp(0) = 1
+            # would imitate the wrong rest of the answer as much as a right one)
+            def cut(v):
+                return (v["oracle"] if s.critical == "oracle" else v["critical"]) + 1
+
+            rows = [{"prompt": problems[v["problem"]]["prompt"], "steps": v["steps"][:cut(v)],
+                     "weights": step_weights(v["advantages"][:cut(v)], s.awr_beta, s.awr_max_weight)}
+                    for v in kept if v["oracle"] is not None or s.critical != "oracle"]
             # π_sft's right samples keep weight 1 (their prefixes stay solvable: A = 0)
             rows += [{"prompt": problems[p]["prompt"], "steps": split_steps(texts[0], s.split_pattern),
                       "weights": [1.0] * len(split_steps(texts[0], s.split_pattern))}
@@ -317,12 +356,12 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     t0 = time.perf_counter()
     pi_sft = sft_model(recipe, sft_rows)
     timings["sft_s"] = time.perf_counter() - t0
-    samples, values, value_stats = [], [], {}
+    samples, sample_meta, values, value_stats = [], {}, [], {}
     if s.method != "sft":
         pool = RolloutPool(pi_sft, recipe.rollout, recipe.model.dtype, seed=recipe.run.seed)
         try:
             t0 = time.perf_counter()
-            samples = sample_stage(recipe, pi_sft, problems, scorer, pool)
+            samples, sample_meta = sample_stage(recipe, pi_sft, problems, scorer, pool)
             timings["sample_s"] = time.perf_counter() - t0
             if s.method in ("step_dpo", "step_awr"):
                 t0 = time.perf_counter()
@@ -346,14 +385,23 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
         "trainer.num_epochs": None, "steps": {"problems": ""}}, source=f"{recipe.source} ({s.method} stage)")
     log.info("step negatives, %s: %d rows (%s) -> %d optimizer steps from π_sft", s.method, len(rows), row_stats,
              train.trainer.max_steps)
-    trained = preference.train_stage(train, stale=("report.md", "behaviour.json", "steps.json", "rows.jsonl"),
+    trained = preference.train_stage(train, stale=("report.md", "behaviour.json", "steps.json", "rows.jsonl",
+                                                   "train_recipe.yaml"),
                                      run_dir=run_dir, started=started)
     out = trained.out
+    # recipe.yaml reruns the whole pipeline (its stages from the cache); the training stage's own recipe beside it
+    (out / "recipe.yaml").replace(out / "train_recipe.yaml")
+    preference.write_run_record(out, recipe)
     summary = {"method": s.method, "problems": used, "mined_problems": len(problems), "samples": len(samples),
                "right_samples": sum(x["correct"] for x in samples), **row_stats, "values": value_stats,
                "timings": timings, "pi_sft": pi_sft, "train_s": trained.train_seconds,
-               "rollouts_per_row": (len(samples) + value_stats.get("rollouts", 0)) / max(1, len(rows)),
-               "seconds_per_row": (timings.get("sample_s", 0) + timings.get("value_s", 0)) / max(1, len(rows))}
+               "samples_file": sample_meta.get("path"),
+               # the mining cost of the rows: the stages' own seconds and rollouts (also when they came from the
+               # cache), the share of the `used` problems of all mined ones
+               "rollouts_per_row": (len(samples) + value_stats.get("rollouts", 0)) * used / len(problems)
+               / max(1, len(rows)),
+               "seconds_per_row": (sample_meta.get("seconds", 0) + value_stats.get("seconds", 0)) * used
+               / len(problems) / max(1, len(rows))}
     _write_jsonl(out / "rows.jsonl", rows)
     # held-out greedy generations of π_sft (start) and the trained model, scored by the problems' checker
     from alignkit.data.sources import read_rows

@@ -187,7 +187,7 @@ def make_row_builder(name: str, params: dict, kind: str) -> RowBuilder:
         name = builder_for_kind(kind)
         if name is None:
             raise RecipeError(f"`online.rows`: no row builder makes `{kind}` records (the objective's kind); "
-                              f"builders: " + ", ".join(f"{n} ({k})" for n, (k, _) in ROW_BUILDERS.items()))
+                              f"builders: " + ", ".join(f"{n} ({k})" for n, (k, _, _) in ROW_BUILDERS.items()))
     if name not in ROW_BUILDERS:
         raise RecipeError(f"`online.rows`: unknown row builder `{name}`; available: "
                           + ", ".join(f"{n} (makes {k} records)" for n, (k, _, _) in ROW_BUILDERS.items()))

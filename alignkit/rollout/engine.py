@@ -53,7 +53,7 @@ def get_from_engines(refs, what: str, timeout: float, key: str, hint: str, engin
 def make_engine(backend: str, model_path: str, dtype: str = "float32", *, batch_size: int = 16,
                 threads: int | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
                 enforce_eager: bool = True, seed: int = 0, enable_sleep_mode: bool = False,
-                weight_transfer: str | None = None):
+                weight_transfer: str | None = None, prefix_caching: bool = True):
     """One engine in this process."""
     backend = resolve_backend(backend)
     if backend == "hf":
@@ -64,7 +64,8 @@ def make_engine(backend: str, model_path: str, dtype: str = "float32", *, batch_
 
     return VLLMEngine(model_path, dtype, tensor_parallel_size=tensor_parallel_size,
                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-                      enable_sleep_mode=enable_sleep_mode, weight_transfer=weight_transfer)
+                      enable_sleep_mode=enable_sleep_mode, weight_transfer=weight_transfer,
+                      prefix_caching=prefix_caching)
 
 
 class EngineActor:
@@ -209,7 +210,7 @@ class RolloutPool:
                       tensor_parallel_size=cfg.tensor_parallel_size,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
         if self.backend == "vllm":
-            kwargs.update(enable_sleep_mode=cfg.colocate,
+            kwargs.update(enable_sleep_mode=cfg.colocate, prefix_caching=cfg.prefix_caching,
                           weight_transfer=None if self.weight_sync != "collective" else
                           "nccl" if on_gpu else GLOO_BACKEND)
         self.actors = [remote.options(

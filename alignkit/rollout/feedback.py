@@ -7,11 +7,13 @@ the reward-model scorer uses a trained RM; the LLM judge asks a rollout engine f
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
 from alignkit.rollout.types import SamplingParams
 
+log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -216,17 +218,22 @@ class Critique(Provider):
             for r, c in zip(rows, completions)]
         try:
             texts = self._ask(prompts, 0)
-            parsed = [parse_critique(t) for t in texts]
-            attempts = [1] * len(texts)
-            for attempt in range(1, self.retries + 1):
-                todo = [i for i, p in enumerate(parsed) if not p["ok"]]
-                if not todo:
-                    break
-                for i, text in zip(todo, self._ask([prompts[i] for i in todo], attempt)):
-                    texts[i], parsed[i], attempts[i] = text, parse_critique(text), attempt + 1
         except Exception as exc:  # the engine failed or timed out: empty critiques, neutral score
-            return [Feedback(0.5, "", self.name, {"error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
-                    for _ in rows]
+            return [Feedback(0.5, "", self.name, {"error": _first_line(exc)}) for _ in rows]
+        parsed = [parse_critique(t) for t in texts]
+        attempts = [1] * len(texts)
+        for attempt in range(1, self.retries + 1):
+            todo = [i for i, p in enumerate(parsed) if not p["ok"]]
+            if not todo:
+                break
+            try:
+                again = self._ask([prompts[i] for i in todo], attempt)
+            except Exception as exc:  # a failed retry: the partly parsed critiques are kept (the last retry's rule)
+                log.warning("critique retry %d failed (%s); keeping %d partly parsed critique(s)", attempt,
+                            _first_line(exc), len(todo))
+                break
+            for i, text in zip(todo, again):
+                texts[i], parsed[i], attempts[i] = text, parse_critique(text), attempt + 1
         out = []
         for text, p, tries in zip(texts, parsed, attempts):
             score = p["score_value"] / 10 if p["score_value"] is not None else 0.5
@@ -315,6 +322,10 @@ class ChainCritic(Provider):
 
 
 ANSWER_LINE = re.compile(r"^\s*Answer:\s*-?\d+", re.IGNORECASE)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 
 def _prompt_text(prompt) -> str:

@@ -36,6 +36,26 @@ def split_steps(text: str, pattern: str | None = None) -> list[str]:
     return steps
 
 
+def step_of_line(steps: list[str], line: int) -> int:
+    """The step that holds the `line`-th non-empty line of the response (a checker's line index -> a step index;
+    past the last line: the last step)."""
+    text, seen, position = "".join(steps), -1, len("".join(steps))
+    offset = 0
+    for piece in text.splitlines(keepends=True):
+        if piece.strip():
+            seen += 1
+            if seen == line:
+                position = offset
+                break
+        offset += len(piece)
+    end = 0
+    for index, step in enumerate(steps):
+        end += len(step)
+        if position < end:
+            return index
+    return len(steps) - 1
+
+
 def bok_success(p: float, k: int) -> float:
     """Probability that best-of-k succeeds when one sample succeeds with probability p: 1 - (1 - p)^k."""
     return 1.0 - (1.0 - p) ** k

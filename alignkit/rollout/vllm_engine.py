@@ -26,7 +26,7 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, seed: int = 0,
-                 enable_sleep_mode: bool = False, weight_transfer: str | None = None):
+                 enable_sleep_mode: bool = False, weight_transfer: str | None = None, prefix_caching: bool = True):
         # The engine core in this process (inside its Ray actor): no extra process to spawn, and weight loading
         # through collective_rpc reaches the model directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -49,7 +49,7 @@ class VLLMEngine:
             extra["weight_transfer_config"] = {"backend": weight_transfer}
         self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-                       enable_sleep_mode=enable_sleep_mode, **extra)
+                       enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=prefix_caching, **extra)
         self.init_seconds = time.perf_counter() - start
 
     def _prompt_ids(self, prompt) -> list[int]:

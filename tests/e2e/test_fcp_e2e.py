@@ -12,7 +12,11 @@ from tests.e2e.test_cli import launch
 
 def test_two_fcp_bootstrap_rounds_through_the_launcher(tmp_path):
     out = tmp_path / "run"
-    proc = launch("recipes/fcp/tiny_debug.yaml", f"run.output_dir={out}", timeout=600)
+    pool = tmp_path / "offline_rows.jsonl"  # the c+ pool from feedback rows, read on the driver only
+    pool.write_text(json.dumps({"feedback": "Accurate and rigorous.", "score": 1.0}) + "\n"
+                    + json.dumps({"feedback": "Short and right.", "score": 1.0}) + "\n")
+    proc = launch("recipes/fcp/tiny_debug.yaml", f"run.output_dir={out}", f"online.rows_params.conditions={pool}",
+                  timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
@@ -36,7 +40,8 @@ def test_two_fcp_bootstrap_rounds_through_the_launcher(tmp_path):
     assert engine.model.get_input_embeddings().weight.shape[0] > vocab[EF_END]
     [c] = engine.generate([fcp_prompt("What is 2+2?", "Accurate.")], SamplingParams(temperature=0, max_tokens=4))
     assert len(c.token_ids) >= 1
-    assert "fcp" in (out / "recipe.yaml").read_text()
+    recorded = (out / "recipe.yaml").read_text()
+    assert "fcp" in recorded and "Accurate and rigorous." in recorded and "Short and right" not in recorded
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -20,6 +20,9 @@ def test_the_pipeline_through_the_launcher_and_its_stage_cache(tmp_path):
     assert all({"prompt", "chosen", "rejected"} <= set(r) for r in rows)
     assert "gen/correct" in summary["held_out"]["final"] and (out / "final" / "config.json").exists()
     assert "per-step negatives" in (out / "report.md").read_text()
+    # recipe.yaml reruns the whole pipeline; train_recipe.yaml is its last stage (DPO on rows.jsonl from π_sft)
+    assert "problems: builtin:chain_arith" in (out / "recipe.yaml").read_text()
+    assert "problems: ''" in (out / "train_recipe.yaml").read_text()
     # another method on the same problems: π_sft, samples and Q̂ come from the cache
     awr = tmp_path / "awr"
     proc = launch("recipes/step_negatives/tiny_debug.yaml", "steps.method=step_awr", "objective.name=awr",
@@ -35,7 +38,8 @@ def test_the_pipeline_through_the_launcher_and_its_stage_cache(tmp_path):
     (["steps.problems=builtin:concise_arithmetic"], "gold solution"),
     (["steps.use_problems=99"], "steps.use_problems"),
     (["steps.method=step_awr"], "steps.method step_awr trains objective awr"),
-    (["steps.critical=oracle", "steps.problems=builtin:concise_arithmetic"], "gold solution"),
+    (["steps.critical=oracle", "steps.split_pattern=x"], "needs the default line steps"),
+    (["steps.split_pattern=(unclosed"], "is not a regular expression"),
 ])
 def test_bad_step_recipes_fail_before_anything_starts(overrides, message, capsys, monkeypatch):
     from alignkit.cli import main

@@ -35,6 +35,22 @@ def test_q_hat_and_weights():
     assert step_weights([0.0, -0.5, 1.0, 10.0], beta=0.5) == pytest.approx([1.0, math.exp(-1), math.exp(2), 20.0])
 
 
+def test_prefix_tokens_and_line_to_step(tokenizer):
+    from alignkit.data.encode import prefix_token_ids
+    from alignkit.rollout.steps import step_of_line
+
+    text = "7 + 12 = 19\n19 * 3 = 57\nAnswer: 57"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for prefix in ("", "7 + 12 = 19\n", "7 + 12 = 19\n19 * 3 = 57\n", "7 + 12 = 1"):
+        got = prefix_token_ids(tokenizer, ids, prefix)
+        assert tokenizer.decode(got) == prefix
+        k = max(len(got) - 1, 0)
+        assert got[:k] == ids[:k]  # the answer's own tokens (the last may be re-tokenised at a cut)
+    assert prefix_token_ids(tokenizer, ids, text) == ids
+    steps = split_steps("\n7 + 12 = 19\n\n19 * 3 = 57\nAnswer: 57")
+    assert steps[0] == "\n" and [step_of_line(steps, i) for i in range(4)] == [1, 2, 3, 3]
+
+
 def test_split_steps_round_trips():
     text = "7 + 12 = 19\n\n19 * 3 = 57\nAnswer: 57"
     steps = split_steps(text)
@@ -50,8 +66,12 @@ def test_weighted_kind_and_awr_loss(tiny_model_dir):
     row = kind.normalize({"prompt": [{"role": "user", "content": "Q"}], "steps": ["1 + 1 = 2\n", "Answer: 2"],
                           "weights": [0.5, 2.0]}, "r")
     example = kind.encode(tok, row, EncodeSettings(128, 64))
-    first = len(tok("1 + 1 = 2\n", add_special_tokens=False)["input_ids"])
-    assert example["token_weights"][:first] == [0.5] * first and set(example["token_weights"][first:]) == {2.0}
+    # independently: decode the response tokens one by one; a token starting inside the first step gets its weight
+    seen, want = 0, []
+    for t in example["completion_ids"]:
+        want.append(0.5 if seen < len("1 + 1 = 2\n") else 2.0)
+        seen += len(tok.decode([t]))
+    assert example["token_weights"] == want and 0.5 in want and 2.0 in want
     assert len(example["token_weights"]) == len(example["completion_ids"])
     batch = kind.collate([{**example, "index": 0}], tok.pad_token_id)
     assert batch["token_weights"].shape == batch["labels"].shape
@@ -171,8 +191,8 @@ def test_rows_of_each_method(tmp_path):
     assert [p["rejected"][0]["content"] for p in oracle] == ["a", "a\nb\nAnswer: 1"]
     shared, _ = rows(method="step_dpo", pair_form="shared_prefix")
     assert (shared[0]["prompt_prefix"], shared[0]["chosen"], shared[0]["rejected"]) == ("a\n", "c\nAnswer: 2", "b\n")
-    awr, _ = rows(method="step_awr")
-    assert awr[0]["weights"] == pytest.approx([math.exp(-1), math.exp(-1), 1.0])
+    awr, _ = rows(method="step_awr")  # the negative up to its critical step, weighted exp(A / 0.5)
+    assert awr[0]["steps"] == ["a\n", "b\n"] and awr[0]["weights"] == pytest.approx([math.exp(-1), math.exp(-1)])
     assert awr[1]["weights"] == [1.0] * len(split_steps(gold[0]))
     assert [r["completion"][0]["content"] for r in rows(method="rft")[0]] == [gold[0]]
     full, _ = rows(method="full_dpo")
