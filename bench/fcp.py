@@ -7,7 +7,8 @@ command. Every stage is a normal `launch.py` run of a recipe in recipes/fcp/ (in
 Stages: the warm-start SFT (the "base": SmolLM2 solves 0/64 zero-shot) -> from it, one round of 64 prompts x 8
 samples for SFT on all responses, RFT (right ones), offline FCP (one right + one wrong per mixed prompt, with the
 critic's feedback); 3 rounds x 16 prompts x 4 samples of online rejection sampling -> from offline FCP, 3 rounds of
-bootstrapping, partially online (4 steps of 16 rows per round) and fully online (1 step of 64 rows per round).
+bootstrapping, partially online (4 steps of 16 rows per round) and fully online (1 step of 64 rows per round);
+3 rounds of online rejection sampling from RFT (the same rollout budget as FCP + bootstrap: 512 + 3 x 64).
 Evaluation: greedy answers to the first `--eval-size` held-out problems (test split), scored by the exact checker;
 FCP models under one c+ per question (the pool of the offline run's high-scoring feedback, no length words) and,
 for the controllability check, under a c- (its feedback scoring <= 0.3). Writes bench/results/fcp.md and .json.
@@ -32,6 +33,9 @@ def stages(root: Path) -> list[tuple[str, str, list[str]]]:
         ("rft", "recipes/fcp/rft_builtin.yaml", [f"model.path={warm}"]),
         ("offline_fcp", "recipes/fcp/offline_builtin.yaml", [f"model.path={warm}"]),
         ("online_rs", "recipes/fcp/online_rs_builtin.yaml", [f"model.path={warm}"]),
+        # the bootstrapping runs' whole budget (the offline round's 512 samples + 3 rounds of 64) for RS too
+        ("rft_online_rs", "recipes/fcp/online_rs_builtin.yaml",
+         [f"model.path={root / 'rft' / 'final'}", "run.name=fcp_control_rft_online_rs_builtin"]),
         ("bootstrap_partial", "recipes/fcp/bootstrap_builtin.yaml",
          [f"model.path={offline / 'final'}", f"online.rows_params.conditions={offline}"]),
         ("bootstrap_full", "recipes/fcp/bootstrap_full_builtin.yaml",
@@ -79,6 +83,7 @@ def main() -> None:
     p.add_argument("--root", default="runs/fcp_bench")
     p.add_argument("--eval-size", type=int, default=64)
     p.add_argument("--fresh", action="store_true", help="rerun every stage")
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="where fcp.md and fcp.json go")
     args = p.parse_args()
     root = (ROOT / args.root).resolve()
     walls = {name: run_stage(root, name, recipe, o, args.fresh) for name, recipe, o in stages(root)}
@@ -99,27 +104,34 @@ def main() -> None:
         import random
 
         return [fcp_prompt(r["prompt"], random.Random(f"fcp/evaluate/{question_text(r['prompt'])}").choice(pool))
-                for r in test]
+                for r in test] if pool else []
 
     plain = [r["prompt"] for r in test]
     rows = [("base (warm-start SFT)", "warmstart", plain), ("SFT on all responses", "sft_all", plain),
             ("RFT (right responses)", "rft", plain), ("offline FCP under c+", "offline_fcp", under(positive)),
             ("offline FCP under c-", "offline_fcp", under(negative)),
             ("online rejection sampling (3 rounds)", "online_rs", plain),
+            ("RFT + online rejection sampling (3 rounds; FCP + bootstrap's budget)", "rft_online_rs", plain),
             ("FCP + bootstrap, partially online (3 rounds)", "bootstrap_partial", under(positive)),
             ("FCP + bootstrap, fully online (3 rounds)", "bootstrap_full", under(positive))]
     results = []
     for label, stage, prompts in rows:
+        if not prompts:  # (an empty c- pool: no offline feedback scored that low)
+            print(f"{label}: skipped (no conditions)", flush=True)
+            continue
         start = time.perf_counter()
         metrics = evaluate(root / stage / "final", test, prompts)
         results.append({"method": label, "stage": stage, **metrics, "eval_s": time.perf_counter() - start})
         print(f"{label}: {metrics['accuracy']:.3f} accuracy, {metrics['tokens']:.1f} tokens", flush=True)
-    per_round = {stage: rounds(root / stage) for stage in ("online_rs", "bootstrap_partial", "bootstrap_full")}
+    per_round = {stage: rounds(root / stage) for stage in ("online_rs", "rft_online_rs", "bootstrap_partial",
+                                                           "bootstrap_full")}
     offline_stats = {stage: rounds(root / stage) for stage in ("sft_all", "rft", "offline_fcp")}
     report = {"eval_size": len(test), "results": results, "walls": walls, "rounds": per_round,
               "offline_rounds": offline_stats, "pool": {"positive": positive, "negative": negative}}
-    (ROOT / "bench" / "results" / "fcp.json").write_text(json.dumps(report, indent=1))
-    (ROOT / "bench" / "results" / "fcp.md").write_text(markdown(report))
+    out_dir = Path(args.results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fcp.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "fcp.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -32,35 +32,43 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--mined", type=int, default=128)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--sft-sizes", type=int, nargs="*", default=[256, 512],
+                   help="more SFT-only sizes (no mining): where SFT on more gold data catches up")
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="where the table and plot go")
     p.add_argument("overrides", nargs="*", help="a.b=c overrides for every run")
     args = p.parse_args()
     root = (ROOT / args.root).resolve()
     results = []
     # the largest size first: its run makes (and caches) π_sft, the samples and the Q̂ of all mined problems
-    for size in sorted(args.sizes, reverse=True):
-        for method in args.methods:
-            out = root / f"{method}_{size}"
-            if not (out / "steps.json").exists():
-                command = [sys.executable, "launch.py", METHODS[method], f"run.output_dir={out}", "run.overwrite=true",
-                           f"steps.num_problems={args.mined}", f"steps.use_problems={size}",
-                           "eval.compare_to_start=false", *args.overrides]
-                print("==", " ".join(command[1:]), flush=True)
-                start = time.perf_counter()
-                proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                if proc.returncode:
-                    print(proc.stderr[-3000:], file=sys.stderr)
-                    continue
-                (out / "wall_s").write_text(f"{time.perf_counter() - start:.0f}\n")
-            summary = json.loads((out / "steps.json").read_text())
-            results.append({"method": method, "size": size, "accuracy": summary["held_out"]["final"]["gen/correct"],
-                            "rows": summary["rows"], "summary": summary,
-                            "wall_s": float((out / "wall_s").read_text()) if (out / "wall_s").exists() else None})
-            print(f"{method} N={size}: accuracy {results[-1]['accuracy']:.3f} from {summary['rows']} rows", flush=True)
+    jobs = [(size, method) for size in sorted(args.sizes, reverse=True) for method in args.methods]
+    jobs += [(size, "sft") for size in args.sft_sizes if size not in args.sizes and "sft" in args.methods]
+    for size, method in jobs:
+        out = root / f"{method}_{size}"
+        mined = max(args.mined, size)  # (SFT-only sizes past the mined problems: nothing is mined for SFT)
+        if not (out / "steps.json").exists():
+            command = [sys.executable, "launch.py", METHODS[method], f"run.output_dir={out}", "run.overwrite=true",
+                       f"steps.num_problems={mined}", f"steps.use_problems={size}",
+                       "eval.compare_to_start=false", *args.overrides]
+            print("==", " ".join(command[1:]), flush=True)
+            start = time.perf_counter()
+            proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                continue
+            (out / "wall_s").write_text(f"{time.perf_counter() - start:.0f}\n")
+        summary = json.loads((out / "steps.json").read_text())
+        results.append({"method": method, "size": size, "accuracy": summary["held_out"]["final"]["gen/correct"],
+                        "rows": summary["rows"], "summary": summary,
+                        "wall_s": float((out / "wall_s").read_text()) if (out / "wall_s").exists() else None})
+        print(f"{method} N={size}: accuracy {results[-1]['accuracy']:.3f} from {summary['rows']} rows", flush=True)
     pi_sft = _pi_sft_accuracy(results, root)
-    report = {"sizes": sorted(args.sizes), "mined": args.mined, "results": results, "pi_sft": pi_sft}
-    (ROOT / "bench" / "results" / "step_negatives.json").write_text(json.dumps(report, indent=1))
-    (ROOT / "bench" / "results" / "step_negatives.md").write_text(markdown(report))
-    _plot(report, ROOT / "bench" / "results" / "step_negatives.png")
+    report = {"sizes": sorted({x["size"] for x in results}), "mined": args.mined, "results": results,
+              "pi_sft": pi_sft}
+    out_dir = Path(args.results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "step_negatives.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "step_negatives.md").write_text(markdown(report))
+    _plot(report, out_dir / "step_negatives.png")
     print(markdown(report))
 
 
@@ -91,18 +99,18 @@ def markdown(r: dict) -> str:
     sizes = r["sizes"]
     lines = [f"Held-out greedy accuracy on 64 `chain_arith` test problems vs N synthetic problems used (all mined "
              f"once from {r['mined']}); π_sft: {r['pi_sft']}. `python bench/step_negatives.py`.", "",
-             "| method | " + " | ".join(f"N={n}" for n in sizes) + " | rows at N=" + str(sizes[-1]) + " |",
+             "| method | " + " | ".join(f"N={n}" for n in sizes) + f" | rows at N={r['mined']} |",
              "|---" * (len(sizes) + 2) + "|"]
     for method in METHODS:
         got = {x["size"]: x for x in r["results"] if x["method"] == method}
         if got:
             lines.append(f"| {LABELS[method]} | " + " | ".join(f"{got[n]['accuracy']:.3f}" if n in got else "—"
                                                             for n in sizes)
-                         + f" | {got.get(sizes[-1], {}).get('rows', '—')} |")
-    step = next((x["summary"] for x in r["results"] if x["method"] == "step_dpo" and x["size"] == sizes[-1]), None)
+                         + f" | {got.get(r['mined'], {}).get('rows', '—')} |")
+    step = next((x["summary"] for x in r["results"] if x["method"] == "step_dpo" and x["size"] == r["mined"]), None)
     if step:
         v = step["values"]
-        lines += ["", f"Mining (N={sizes[-1]}): {step['samples']} samples, {step['right_samples']} right; "
+        lines += ["", f"Mining (N={r['mined']}): {step['samples']} samples, {step['right_samples']} right; "
                       f"{step.get('negatives')} negatives valued, {step.get('with_pit')} with a pit; Q̂ of "
                       f"{v.get('prefixes')} prefixes from {v.get('rollouts')} rollouts in {v.get('generate_calls')} "
                       f"call(s), {v.get('seconds', 0):.0f} s; MC finds the checker's true first error in "
