@@ -185,3 +185,17 @@ def test_fcp_markers_in_a_resized_model(vllm_tiny_dir):
     assert len(c.token_ids) >= 1
     a, b = vllm_engine.score([prompt], ["5"])[0], hf_engine.score([prompt], ["5"])[0]
     assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_vllm_continues_a_prefix_from_its_token_ids(engines):
+    """Per-step negatives' prefixes: greedy decoding from prompt + the first k generated tokens gives the rest of the
+    full greedy answer (the prompt is not re-rendered, the turn is not closed)."""
+    from alignkit.data.encode import prompt_token_ids
+
+    vllm_engine, _ = engines
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    [full] = vllm_engine.generate([prompt], SamplingParams(temperature=0, max_tokens=12))
+    base = prompt_token_ids(vllm_engine.tokenizer, prompt)
+    [rest] = vllm_engine.generate([{"prompt_ids": base + full.token_ids[:4]}],
+                                  SamplingParams(temperature=0, max_tokens=8))
+    assert rest.token_ids == full.token_ids[4:]
