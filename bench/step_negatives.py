@@ -3,7 +3,7 @@ CPU, one command. π_sft, the samples and the Q̂ stage are made once (cached in
 for `--mined` problems; each method then trains from π_sft on the rows of the first N problems, N in `--sizes`.
 Every run is a normal `launch.py` run in <root>/<method>_<N>; a finished run is not run again.
 
-    python bench/step_negatives.py [--root runs/step_bench] [--sizes 32 64 128] [--mined 128]
+    python bench/step_negatives.py [--root runs/step_bench] [--sizes 16 32 64] [--mined 64] [--sft-sizes 128 256 512]
 
 Writes bench/results/step_negatives.{md,json,png}: held-out greedy accuracy (64 test problems) vs N per method,
 π_sft's own accuracy, how often MC finds the checker's true first error, rollouts and seconds per pair.
@@ -29,10 +29,10 @@ LABELS = {"sft": "SFT (gold solutions)", "rft": "RFT (own right samples)", "full
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="runs/step_bench")
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--mined", type=int, default=128)
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--mined", type=int, default=64)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--sft-sizes", type=int, nargs="*", default=[256, 512],
+    p.add_argument("--sft-sizes", type=int, nargs="*", default=[128, 256, 512],
                    help="more SFT-only sizes (no mining): where SFT on more gold data catches up")
     p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="where the table and plot go")
     p.add_argument("overrides", nargs="*", help="a.b=c overrides for every run")

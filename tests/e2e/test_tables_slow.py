@@ -31,7 +31,7 @@ def test_the_step_negatives_table(tmp_path):
     report = json.loads((tmp_path / "step_negatives.json").read_text())
     assert {(r["method"], r["size"]) for r in report["results"]} >= {(m, n) for m in ("sft", "rft", "full_dpo",
                                                                                      "step_dpo", "step_awr")
-                                                                     for n in (32, 64, 128)}
-    step = next(r["summary"] for r in report["results"] if r["method"] == "step_dpo" and r["size"] == 128)
+                                                                     for n in (16, 32, 64)}
+    step = next(r["summary"] for r in report["results"] if r["method"] == "step_dpo" and r["size"] == 64)
     assert step["values"]["generate_calls"] == 1 and step["mc_finds_true_first_error"] is not None
     assert (tmp_path / "step_negatives.png").exists()
