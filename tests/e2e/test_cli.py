@@ -21,6 +21,20 @@ def assert_clean_error(proc, pattern):
     assert "Traceback" not in proc.stderr
 
 
+def cli_error(capsys, monkeypatch, *args) -> str:
+    """`launch.py ARGS` in-process (the same `main` the launcher calls; a subprocess per case cost ~4 s of the
+    default suite's time): exit code 2, one `error:` line, no traceback. Returns all it wrote to stderr."""
+    from alignkit.cli import main
+
+    monkeypatch.chdir(REPO)
+    code = main(list(args))
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err
+    return err
+
+
 # Every shipped recipe (files starting with `_` are bases that other recipes extend).
 SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml") if not p.name.startswith("_"))
 
@@ -51,27 +65,27 @@ def test_dry_run_through_the_launcher():
     assert "objective:" in proc.stdout and "global batch" in proc.stdout
 
 
-def test_unknown_key_error():
-    assert_clean_error(launch("recipes/quickstart.yaml", "optim.lrr=1e-5"),
-                       "unknown key `optim.lrr` in command-line overrides; did you mean `optim.lr`?")
+def test_unknown_key_error(capsys, monkeypatch):
+    assert "unknown key `optim.lrr` in command-line overrides; did you mean `optim.lr`?" in cli_error(
+        capsys, monkeypatch, "recipes/quickstart.yaml", "optim.lrr=1e-5")
 
 
-def test_missing_data_file_error():
-    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", "data.train=/nonexistent/pairs.jsonl"),
-                       "data file /nonexistent/pairs.jsonl does not exist")
+def test_missing_data_file_error(capsys, monkeypatch):
+    assert "data file /nonexistent/pairs.jsonl does not exist" in cli_error(
+        capsys, monkeypatch, "recipes/dpo/tiny_debug.yaml", "data.train=/nonexistent/pairs.jsonl")
 
 
-def test_malformed_data_error(tmp_path):
+def test_malformed_data_error(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
-    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", f"data.train={bad}", "data.eval=null",
-                              f"run.output_dir={tmp_path}/run"),
-                       f"{bad} row 1: missing field `rejected`")
+    assert f"{bad} row 1: missing field `rejected`" in cli_error(
+        capsys, monkeypatch, "recipes/dpo/tiny_debug.yaml", f"data.train={bad}", "data.eval=null",
+        f"run.output_dir={tmp_path}/run")
 
 
-def test_missing_model_error(tmp_path):
-    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", f"model.path={tmp_path}/no-model"),
-                       "does not exist")
+def test_missing_model_error(tmp_path, capsys, monkeypatch):
+    assert "does not exist" in cli_error(capsys, monkeypatch, "recipes/dpo/tiny_debug.yaml",
+                                         f"model.path={tmp_path}/no-model")
 
 
 def test_debug_flag_shows_traceback():
@@ -79,10 +93,11 @@ def test_debug_flag_shows_traceback():
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_global_batch_larger_than_data_error():
-    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", "trainer.micro_batch_size=16", "trainer.grad_accum=4"),
-                       "global batch 128 (trainer.micro_batch_size 16 x trainer.grad_accum 4 x cluster.num_workers 2)"
-                       " is larger than the 64 training records")
+def test_global_batch_larger_than_data_error(tmp_path, capsys, monkeypatch):
+    assert ("global batch 128 (trainer.micro_batch_size 16 x trainer.grad_accum 4 x cluster.num_workers 2) is larger "
+            "than the 64 training records") in cli_error(capsys, monkeypatch, "recipes/dpo/tiny_debug.yaml",
+                                                         "trainer.micro_batch_size=16", "trainer.grad_accum=4",
+                                                         f"run.output_dir={tmp_path}/run")
 
 
 def test_dry_run_prints_global_batch():
@@ -90,34 +105,36 @@ def test_dry_run_prints_global_batch():
     assert "# global batch = 4 x 3 x 2 = 24" in proc.stdout
 
 
-def test_objective_that_does_not_fit_the_data():
+def test_objective_that_does_not_fit_the_data(capsys, monkeypatch):
     """npo consumes forget records; the quickstart data holds pairs: said plainly, by --dry-run too."""
     for flags in (("--dry-run",), ("run.output_dir=/nonexistent/never",)):
-        proc = launch("recipes/dpo/tiny_debug.yaml", "objective.name=npo", *flags)
-        assert_clean_error(proc, "objective `npo` consumes `forget` records")
-        assert "`pairs`" in proc.stderr and "objectives that take this data: causal_rm, dpo" in proc.stderr
-        assert "on_bad_row" not in proc.stderr  # skipping rows cannot help
+        err = cli_error(capsys, monkeypatch, "recipes/dpo/tiny_debug.yaml", "objective.name=npo", *flags)
+        assert "objective `npo` consumes `forget` records" in err.strip().splitlines()[-1]
+        assert "`pairs`" in err and "objectives that take this data: causal_rm, dpo" in err
+        assert "on_bad_row" not in err  # skipping rows cannot help
 
 
-def test_switched_objective_names_the_stale_parameter():
-    proc = launch("recipes/dpo/tiny_debug.yaml", "objective.name=reward_bt", "--dry-run")
-    assert_clean_error(proc, "objective `reward_bt` (set in command-line overrides) has no parameter `beta` "
-                             "(its parameters: center_rewards); `objective.beta` comes from recipes/quickstart.yaml")
-    fixed = launch("recipes/dpo/tiny_debug.yaml", "objective.name=reward_bt", "~objective.beta", "--dry-run")
-    assert fixed.returncode == 0, fixed.stderr
-    assert_clean_error(launch("recipes/quickstart.yaml", "~objective.nothing", "--dry-run"),
-                       "the recipe sets no key `objective.nothing`")
+def test_switched_objective_names_the_stale_parameter(capsys, monkeypatch):
+    from alignkit.cli import main
+
+    assert ("objective `reward_bt` (set in command-line overrides) has no parameter `beta` (its parameters: "
+            "center_rewards); `objective.beta` comes from recipes/quickstart.yaml") in cli_error(
+        capsys, monkeypatch, "recipes/dpo/tiny_debug.yaml", "objective.name=reward_bt", "--dry-run")
+    assert main(["recipes/dpo/tiny_debug.yaml", "objective.name=reward_bt", "~objective.beta", "--dry-run"]) == 0
+    capsys.readouterr()
+    assert "the recipe sets no key `objective.nothing`" in cli_error(
+        capsys, monkeypatch, "recipes/quickstart.yaml", "~objective.nothing", "--dry-run")
 
 
 @pytest.mark.parametrize("suite", ["reward", "unlearning"])
-def test_eval_gives_one_error_line(suite, tmp_path):
-    assert_clean_error(launch("eval", "evals/missing.yaml", f"model.path={tmp_path}"),
-                       "suite `evals/missing.yaml` is neither a file nor a shipped suite")
+def test_eval_gives_one_error_line(suite, tmp_path, capsys, monkeypatch):
+    assert "suite `evals/missing.yaml` is neither a file nor a shipped suite" in cli_error(
+        capsys, monkeypatch, "eval", "evals/missing.yaml", f"model.path={tmp_path}")
     run_dir = tmp_path / "a_run"
     (run_dir / "final").mkdir(parents=True)
     (run_dir / "final" / "config.json").write_text("{}")
-    assert_clean_error(launch("eval", suite, f"model.path={run_dir}"),
-                       f"{run_dir} is a run directory, not a model directory; its trained model is {run_dir / 'final'}")
+    assert f"{run_dir} is a run directory, not a model directory; its trained model is {run_dir / 'final'}" in \
+        cli_error(capsys, monkeypatch, "eval", suite, f"model.path={run_dir}")
 
 
 # ------------------------------------------------------------------------------------- the `alignkit` command
@@ -155,13 +172,14 @@ def test_shipped_names_flags_anywhere_and_other_directories(tmp_path):
     assert proc.returncode == 0 and "lr: 1.0" in proc.stdout, proc.stderr
 
 
-def test_cli_errors():
-    assert_clean_error(launch("no_such_recipe", "--dry-run"),
-                       "recipe `no_such_recipe` is neither a file nor a shipped recipe (`alignkit list recipes`")
-    assert_clean_error(launch("eval", "reward"), "alignkit eval needs model.path=DIR")
-    assert_clean_error(launch("eval", "reward", "model.path=/x", "retain.path=/y"),
-                       "retain.path is for unlearning suites")
-    assert_clean_error(launch("eval", "reward", "model=/x"), "alignkit eval takes model.path=DIR and retain.path=DIR")
+def test_cli_errors(capsys, monkeypatch):
+    assert "recipe `no_such_recipe` is neither a file nor a shipped recipe (`alignkit list recipes`" in cli_error(
+        capsys, monkeypatch, "no_such_recipe", "--dry-run")
+    assert "alignkit eval needs model.path=DIR" in cli_error(capsys, monkeypatch, "eval", "reward")
+    assert "retain.path is for unlearning suites" in cli_error(capsys, monkeypatch, "eval", "reward", "model.path=/x",
+                                                                "retain.path=/y")
+    assert "alignkit eval takes model.path=DIR and retain.path=DIR" in cli_error(capsys, monkeypatch, "eval",
+                                                                                "reward", "model=/x")
 
 
 @pytest.mark.slow  # builds and installs the package (~1 min)

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from alignkit.kinds.feedback import EF_END, EF_START
-from tests.conftest import REPO
-from tests.e2e.test_cli import launch
+from tests.e2e.test_cli import cli_error, launch
 
 
 def test_two_fcp_bootstrap_rounds_through_the_launcher(tmp_path):
@@ -52,9 +51,5 @@ def test_two_fcp_bootstrap_rounds_through_the_launcher(tmp_path):
     (["online.feedback_params={critique_type: judge}"], "critique_type must be pro or user"),
 ])
 def test_bad_fcp_recipes_fail_before_anything_starts(overrides, message, capsys, monkeypatch):
-    from alignkit.cli import main
-
-    monkeypatch.chdir(REPO)
-    assert main(["recipes/fcp/tiny_debug.yaml", *overrides, "--dry-run"]) == 2  # in-process `launch.py --dry-run`
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1]
+    err = cli_error(capsys, monkeypatch, "recipes/fcp/tiny_debug.yaml", *overrides, "--dry-run")
+    assert message in err.strip().splitlines()[-1]

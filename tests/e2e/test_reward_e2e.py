@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from tests.e2e.test_cli import assert_clean_error, launch
+from tests.e2e.test_cli import cli_error, launch
 
 
 def test_tiny_causal_rm_run(tmp_path, tokenizer):
@@ -38,11 +38,11 @@ def test_tiny_causal_rm_run(tmp_path, tokenizer):
     assert abs(float(hf) - float(ours[0])) < 1e-4
 
 
-def test_reward_recipe_with_a_missing_suite(tmp_path):
-    assert_clean_error(launch("recipes/reward/tiny_debug.yaml", f"eval.suite={tmp_path}/nope.yaml",
-                              f"run.output_dir={tmp_path}/run"), "does not exist")
+def test_reward_recipe_with_a_missing_suite(tmp_path, capsys, monkeypatch):
+    assert "does not exist" in cli_error(capsys, monkeypatch, "recipes/reward/tiny_debug.yaml",
+                                         f"eval.suite={tmp_path}/nope.yaml", f"run.output_dir={tmp_path}/run")
 
 
-def test_suite_on_a_policy_objective_is_refused():
-    assert_clean_error(launch("recipes/dpo/tiny_debug.yaml", "eval.suite=evals/reward.yaml", "--dry-run"),
-                       "evaluation suites are for reward models")
+def test_suite_on_a_policy_objective_is_refused(capsys, monkeypatch):
+    assert "evaluation suites are for reward models" in cli_error(
+        capsys, monkeypatch, "recipes/dpo/tiny_debug.yaml", "eval.suite=evals/reward.yaml", "--dry-run")

@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO
-from tests.e2e.test_cli import launch
+from tests.e2e.test_cli import cli_error, launch
 
 
 def test_the_pipeline_through_the_launcher_and_its_stage_cache(tmp_path):
@@ -49,9 +48,5 @@ def test_another_method_reuses_every_cached_stage(tmp_path):
     (["steps.split_pattern=(unclosed"], "is not a regular expression"),
 ])
 def test_bad_step_recipes_fail_before_anything_starts(overrides, message, capsys, monkeypatch):
-    from alignkit.cli import main
-
-    monkeypatch.chdir(REPO)
-    assert main(["recipes/step_negatives/tiny_debug.yaml", *overrides, "--dry-run"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1]
+    err = cli_error(capsys, monkeypatch, "recipes/step_negatives/tiny_debug.yaml", *overrides, "--dry-run")
+    assert message in err.strip().splitlines()[-1]
