@@ -26,13 +26,41 @@ DATA = {  # a built-in source of each record kind
                "retain_size": 8},
     "reward_pairs": {"train": "builtin:spurious_length", "eval": "builtin:spurious_length"},
 }
+
+
+def _files_of_kinds() -> None:
+    """Sources of the kinds no built-in data set holds (feedback, weighted), made from chain_arith rows."""
+    import tempfile
+    from pathlib import Path
+
+    from alignkit.data.chain_arith import chain_arith
+    from alignkit.rollout.steps import split_steps
+
+    folder = Path(tempfile.mkdtemp(prefix="seam-kinds-"))
+    rows = chain_arith("train", size=8)
+    answers = [r["completion"][0]["content"] for r in rows]
+    made = {"feedback": [{"prompt": r["prompt"], "response": a, "feedback": ["Accurate.", ""][i % 2]}
+                         for i, (r, a) in enumerate(zip(rows, answers))],
+            "weighted": [{"prompt": r["prompt"], "steps": split_steps(a),
+                          "weights": ([1.0, 0.5] * 4)[:len(split_steps(a))]} for r, a in zip(rows, answers)]}
+    for kind, items in made.items():
+        path = folder / f"{kind}.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in items))
+        DATA[kind] = {"train": str(path), "eval": str(path)}
+
+
+_files_of_kinds()
 PARAMS = {"rmu": {"layer": 1, "steering": 2.0, "alpha": 1.0}}
 
 
 def recipe_for(tmp_path, name, **sections):
+    from alignkit.kinds import get_kind
+    from alignkit.models.special_tokens import with_special_tokens
+
     kind = _REGISTRY[name].kind
+    model = with_special_tokens("builtin:tiny-llama", get_kind(kind).special_tokens)  # (FCP's <EF>, </EF>)
     return recipe_from_dict({
-        "run": {"output_dir": str(tmp_path)}, "model": {"path": "builtin:tiny-llama"},
+        "run": {"output_dir": str(tmp_path)}, "model": {"path": model},
         "data": {**DATA[kind], "train_size": 8, "eval_size": 4, "max_length": 64, "max_prompt_length": 40},
         "objective": {"name": name, **PARAMS.get(name, {})}, "optim": {"lr": 1e-3},
         "trainer": {"backend": "torch", "max_steps": 1, "micro_batch_size": 2, "progress_bar": False},
