@@ -21,9 +21,18 @@ BY_KIND = {k.name: sorted(n for n, o in _REGISTRY.items() if o.kind == k.name)[0
 LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]}
 
 
+def base_model(kind: str) -> str:
+    """tiny-llama, with the kind's special tokens added (FCP's <EF>, </EF>) as the pipelines do."""
+    from alignkit.kinds import get_kind
+    from alignkit.models.loading import resolve_model_path
+    from alignkit.models.special_tokens import with_special_tokens
+
+    return resolve_model_path(with_special_tokens("builtin:tiny-llama", get_kind(kind).special_tokens))
+
+
 def lora_recipe(out, name, steps=2, **sections):
     kind = _REGISTRY[name].kind
-    base = {"run": {"output_dir": str(out)}, "model": {"path": "builtin:tiny-llama", "lora": LORA},
+    base = {"run": {"output_dir": str(out)}, "model": {"path": base_model(kind), "lora": LORA},
             "data": {**DATA[kind], "train_size": 8, "eval_size": 4, "max_length": 64, "max_prompt_length": 40},
             "objective": {"name": name, **PARAMS.get(name, {})}, "optim": {"lr": 1e-2},
             "trainer": {"backend": "torch", "max_steps": steps, "micro_batch_size": 2, "progress_bar": False},
@@ -51,7 +60,8 @@ def test_every_record_kind_trains_its_adapters_only(tmp_path, kind, tiny_model_d
     assert "train/loss" in records[-1] and "eval/loss" in records[0]
     adapter = load_file(tmp_path / "final_adapter" / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in adapter.items())  # B starts at 0: it trained
-    merged, base = load_file(tmp_path / "final" / "model.safetensors"), load_file(f"{tiny_model_dir}/model.safetensors")
+    merged = load_file(tmp_path / "final" / "model.safetensors")
+    base = load_file(f"{base_model(kind)}/model.safetensors")
     changed = {k for k in base if k in merged and not torch.equal(merged[k], base[k])}
     assert changed and all(any(t in k for t in LORA["target_modules"]) or "score" in k for k in changed), changed
     assert "model.layers.0.self_attn.k_proj.weight" not in changed  # not a target: the base weight as it was
