@@ -378,6 +378,7 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
         rows = [_render_prefix(pi_sft, r) for r in rows]
     data = _write_jsonl(cache_dir() / "step_negatives" / f"rows-{_digest(rows)}.jsonl", rows)
     epochs = recipe.trainer.num_epochs
+    recipe = _batch_within(recipe, len(rows))
     train = recipe.derive({
         "model.path": pi_sft, "data.train": str(data), "data.train_split": "train",
         "data.train_size": None, "data.eval": None,
@@ -426,6 +427,23 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
                           behaviour, [_text(r["prompt"]) for r in held_out])
     log.info("report: %s", report)
     return out
+
+
+def _batch_within(recipe: Recipe, rows: int) -> Recipe:
+    """A data-size sweep reaches sizes whose methods make fewer rows than one global batch (full-response DPO on 16
+    problems: ~6 pairs): those train with a smaller batch (grad_accum, then micro_batch_size), said in the log,
+    instead of failing; a batch that fits is left as it is."""
+    t, workers = recipe.trainer, recipe.cluster.num_workers
+    if rows >= recipe.global_batch_size:
+        return recipe
+    per_worker = rows // workers
+    if per_worker < 1:
+        raise DataError(f"steps.method {recipe.steps.method}: {rows} training row(s) for {workers} workers")
+    micro = min(t.micro_batch_size, per_worker)
+    accum = max(1, min(t.grad_accum, per_worker // micro))
+    log.warning("step negatives: %d rows, fewer than the global batch %d: training with micro_batch_size %d x "
+                "grad_accum %d x %d worker(s)", rows, recipe.global_batch_size, micro, accum, workers)
+    return recipe.derive({"trainer.micro_batch_size": micro, "trainer.grad_accum": accum})
 
 
 def _render_prefix(model_path: str, row: dict) -> dict:

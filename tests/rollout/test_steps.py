@@ -199,3 +199,14 @@ def test_rows_of_each_method(tmp_path):
     assert len(full) == 1 and full[0]["rejected"][0]["content"] == "1 + 1 = 3\nAnswer: 3"
     assert len(rows(method="sft")[0]) == 3
     json.dumps(pairs)  # rows are written as JSONL
+
+
+def test_a_small_size_trains_with_a_batch_that_fits(tmp_path):
+    from alignkit.pipelines.step_negatives import _batch_within
+
+    recipe = _recipe(tmp_path).derive({"trainer.micro_batch_size": 8, "trainer.grad_accum": 2})
+    assert _batch_within(recipe, 40) is recipe  # fits: unchanged
+    small = _batch_within(recipe, 12)
+    assert (small.trainer.micro_batch_size, small.trainer.grad_accum) == (8, 1)
+    tiny = _batch_within(recipe, 5)
+    assert (tiny.trainer.micro_batch_size, tiny.trainer.grad_accum) == (5, 1)
