@@ -176,7 +176,7 @@ def test_fcp_markers_in_a_resized_model(vllm_tiny_dir):
     from alignkit.models.special_tokens import with_special_tokens
 
     path = with_special_tokens(vllm_tiny_dir, (EF_START, EF_END))
-    vllm_engine, hf_engine = VLLMEngine(path, gpu_memory_utilization=0.2), HFEngine(path)
+    vllm_engine, hf_engine = VLLMEngine(path, gpu_memory_utilization=0.1), HFEngine(path)  # (beside the fixture's)
     prompt = fcp_prompt("What is 2 + 3?", "Accurate and rigorous.")
     ids = vllm_engine._prompt_ids(prompt)
     assert vllm_engine.tokenizer.convert_tokens_to_ids(EF_START) in ids and \
