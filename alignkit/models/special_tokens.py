@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from alignkit.paths import cache_dir
+from alignkit.paths import cache_dir, file_lock, files_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -27,28 +27,17 @@ def missing_tokens(model_path: str, tokens: tuple[str, ...]) -> list[str]:
     return [t for t in tokens if t not in vocab]
 
 
-def _fingerprint(local: Path) -> str:
-    """What identifies the model's weights without reading them: config and weight files' names, sizes, mtimes."""
-    parts = [str(local.resolve())]
-    for f in sorted(local.glob("*")):
-        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin") or f.name.endswith(".model")):
-            stat = f.stat()
-            parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return "|".join(parts)
-
-
 def with_special_tokens(model_path: str, tokens: tuple[str, ...], seed: int = 0, dtype: str = "float32") -> str:
     """`model_path` itself when its tokenizer has every token; else the cached directory of the model with them
     added (built on first use)."""
-    from alignkit.models.builtin import _file_lock
     from alignkit.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 
     if not tokens or not missing_tokens(model_path, tokens):
         return model_path
     local = Path(resolve_model_path(model_path))
-    key = hashlib.sha256(json.dumps([_fingerprint(local), list(tokens), seed, dtype]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([files_fingerprint(local), list(tokens), seed, dtype]).encode()).hexdigest()[:16]
     target = cache_dir() / "models" / f"{local.name}-tokens-{key}"
-    with _file_lock(cache_dir() / "locks" / f"{target.name}.lock"):
+    with file_lock(cache_dir() / "locks" / f"{target.name}.lock"):
         if (target / "config.json").exists():
             return str(target)
         import torch

@@ -73,10 +73,10 @@ def _digest(*parts) -> str:
 
 def _model_key(path: str) -> str:
     from alignkit.models.loading import resolve_model_path
-    from alignkit.models.special_tokens import _fingerprint
+    from alignkit.paths import files_fingerprint
 
     local = Path(resolve_model_path(path))
-    return _fingerprint(local) if local.exists() else path
+    return files_fingerprint(local) if local.exists() else path
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
