@@ -58,7 +58,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     run.add_argument("--sweep", action="store_true", help="run the recipe's `sweep:` section with Ray Tune")
     run.add_argument("--debug", action="store_true", help="show full tracebacks")
     ev = argparse.ArgumentParser(prog="alignkit eval",
-                                 description="Evaluate a saved model with a suite (reward or unlearning).")
+                                 description="Evaluate a saved model with a suite (reward, unlearning or lm_eval).")
     ev.add_argument("suite", help="a suite file or a shipped suite's name (alignkit list suites)")
     ev.add_argument("settings", nargs="*", help="model.path=DIR (required); retain.path=DIR: the model never "
                                                 "trained on the forget set (unlearning suites: forget quality, "
@@ -185,8 +185,23 @@ def evaluate_suite(args) -> int:
             (out / "reward_eval.json").write_text(json.dumps(results, indent=1))
             rw.calibration_plot(results, out / "calibration.png")
         return 0
+    if kind == "lm_eval":
+        from alignkit.evaluation import lm_eval_suite as le
+
+        if retain:
+            raise AlignkitError("retain.path is for unlearning suites; an lm_eval suite scores one model")
+        loaded = le.load_suite(str(suite))  # tasks checked before any model loads
+        check_model_source(model)
+        results = le.run_suite(model, loaded)
+        print(le.results_table(results))
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "lm_eval.json").write_text(json.dumps({"model": model, "suite": str(suite), "results": results},
+                                                         indent=1))
+        return 0
     if kind != "unlearning":
-        raise AlignkitError(f"{suite}: suite kind `{kind}`; alignkit eval knows reward and unlearning suites")
+        raise AlignkitError(f"{suite}: suite kind `{kind}`; alignkit eval knows reward, unlearning and lm_eval "
+                            "suites")
     from alignkit.evaluation import unlearning as ue
 
     loaded = ue.load_suite(str(suite), key="alignkit eval SUITE")

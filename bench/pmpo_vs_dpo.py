@@ -33,28 +33,31 @@ def last_eval(run_dir: Path) -> dict:
     return {"start": evals[0], "end": evals[-1]}
 
 
+HEADER = ["| run | format (start → after) | correct | words | KL(ref‖π) per response | "
+          "log π accepted / rejected (held-out) | wall s |", "|---|---|---|---|---|---|---|"]
+
+
+def row(name: str, d: Path) -> str:
+    """One finished run's line of the table (its behaviour.json and last evaluation)."""
+    if not (d / "behaviour.json").exists():
+        return f"| {name} | (not run) | | | | | |"
+    b = json.loads((d / "behaviour.json").read_text())
+    s, f = b["start"]["metrics"], b["final"]["metrics"]
+    ev = last_eval(d)["end"]
+    kl = ev.get("eval/kl")
+    if "eval/logps/chosen" in ev:
+        acc_rej = f"{ev['eval/logps/chosen']:.1f} / {ev['eval/logps/rejected']:.1f}"
+    else:
+        nan = float("nan")
+        acc_rej = f"{ev.get('eval/logps/accepted', nan):.1f} / {ev.get('eval/logps/rejected', nan):.1f}"
+    wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
+    return (f"| {name} | {s['gen/format']:.2f} → {f['gen/format']:.2f} | {s['gen/correct']:.2f} → "
+            f"{f['gen/correct']:.2f} | {s['gen/words']:.1f} → {f['gen/words']:.1f} | "
+            f"{'—' if kl is None else f'{kl:.2f}'} | {acc_rej} | {wall} |")
+
+
 def table(root: Path) -> str:
-    lines = ["| run | format (start → after) | correct | words | KL(ref‖π) per response | "
-             "log π accepted / rejected (held-out) | wall s |", "|---|---|---|---|---|---|---|"]
-    for name in RUNS:
-        d = root / _runs.slug(name)
-        if not (d / "behaviour.json").exists():
-            lines.append(f"| {name} | (not run) | | | | | |")
-            continue
-        b = json.loads((d / "behaviour.json").read_text())
-        s, f = b["start"]["metrics"], b["final"]["metrics"]
-        ev = last_eval(d)["end"]
-        kl = ev.get("eval/kl")
-        if "eval/logps/chosen" in ev:
-            acc_rej = f"{ev['eval/logps/chosen']:.1f} / {ev['eval/logps/rejected']:.1f}"
-        else:
-            nan = float("nan")
-            acc_rej = f"{ev.get('eval/logps/accepted', nan):.1f} / {ev.get('eval/logps/rejected', nan):.1f}"
-        wall = (d / "wall_s").read_text().strip() if (d / "wall_s").exists() else "?"
-        lines.append(f"| {name} | {s['gen/format']:.2f} → {f['gen/format']:.2f} | {s['gen/correct']:.2f} → "
-                     f"{f['gen/correct']:.2f} | {s['gen/words']:.1f} → {f['gen/words']:.1f} | "
-                     f"{'—' if kl is None else f'{kl:.2f}'} | {acc_rej} | {wall} |")
-    return "\n".join(lines)
+    return "\n".join(HEADER + [row(name, root / _runs.slug(name)) for name in RUNS])
 
 
 if __name__ == "__main__":

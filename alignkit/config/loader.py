@@ -407,6 +407,7 @@ def check_recipe(recipe: Recipe, where=lambda key: "the recipe") -> None:
          f"objective `{objective.name}` needs the reference's per-token log-probs or distributions, which precompute "
          "does not keep; use live or auto")
     need(d.spurious_bins >= 2, "data.spurious_bins", f"must be >= 2, got {d.spurious_bins}")
+    need(d.num_proc is None or d.num_proc >= 1, "data.num_proc", f"must be >= 1 (or null: automatic), got {d.num_proc}")
     need(recipe.eval.suite is None or objective.kind in ("reward_pairs", "forget"), "eval.suite",
          "evaluation suites are for reward models (evals/reward.yaml) and unlearning (evals/unlearning*.yaml)")
     need(recipe.eval.num_prompts > 0 and recipe.eval.batch_size > 0 and recipe.eval.max_new_tokens > 0,

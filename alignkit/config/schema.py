@@ -86,6 +86,12 @@ class DataConfig:
     # into (quantiles of the training set for numbers; categories get a bin each). See alignkit/data/spurious.py.
     spurious_attribute: Literal["length", "field"] = "length"
     spurious_bins: int = 4
+    # The training set is encoded once with datasets' map over num_proc processes (null: 1 below 20k rows, else up
+    # to 8) and cached under cache_dir (null: $ALIGNKIT_CACHE/data), keyed by source, tokenizer and encoding
+    # settings; workers read their rows from those files. On a multi-node cluster cache_dir must be on storage every
+    # node mounts (like run.storage_path). See alignkit/pipelines/data_cache.py.
+    num_proc: int | None = None
+    cache_dir: str | None = None
 
 
 @dataclass

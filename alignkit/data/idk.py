@@ -55,12 +55,15 @@ def load_idk_answers(path: str | None) -> tuple[str, ...]:
 
 def attach_idk(rows: list[dict], answers: tuple[str, ...], seed: int, origin: str) -> list[dict]:
     """Copies of `rows` with `idk_completion`: an IDK answer in the same format as the row's completion."""
-    out = []
-    for index, row in enumerate(rows):
-        if row.get("raw_text"):
-            raise DataError(f"{origin} row {index}: IDK-based objectives need question/answer rows, not raw text")
-        answer = random.Random(f"idk/{seed}/{index}").choice(answers)
-        completion = row["completion"]
-        idk = [{"role": "assistant", "content": answer}] if isinstance(completion, list) else " " + answer
-        out.append({**row, "idk_completion": idk})
-    return out
+    return [idk_row(row, index, answers, seed, origin) for index, row in enumerate(rows)]
+
+
+def idk_row(row: dict, index: int, answers: tuple[str, ...], seed: int, origin: str) -> dict:
+    """A copy of `row` (the `index`-th of its source) with `idk_completion`, the same answer for the same row
+    and seed wherever it is computed (the cached encoder's map processes too: pipelines/data_cache.py)."""
+    if row.get("raw_text"):
+        raise DataError(f"{origin} row {index}: IDK-based objectives need question/answer rows, not raw text")
+    answer = random.Random(f"idk/{seed}/{index}").choice(answers)
+    completion = row["completion"]
+    idk = [{"role": "assistant", "content": answer}] if isinstance(completion, list) else " " + answer
+    return {**row, "idk_completion": idk}

@@ -37,16 +37,18 @@ class Binning:
         return f"{self.num_bins} quantile bins, edges {[round(e, 2) for e in self.edges]}"
 
 
-def attribute_values(rows: list[dict], encoded: list[dict], attribute: str, origin: str = "") -> list[tuple]:
-    """(z_chosen, z_rejected) of every pair."""
+def attribute_values(encoded, attribute: str, origin: str = "") -> list[tuple]:
+    """(z_chosen, z_rejected) of every encoded pair (a list of examples or EncodedRows)."""
     if attribute == "length":
         return [(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in encoded]
     if attribute == "field":
-        missing = [i for i, r in enumerate(rows) if "z_chosen" not in r]
-        if missing:
-            raise DataError(f"{origin} row {missing[0]}: data.spurious_attribute is `field` but the row has no "
-                            "`z_chosen` / `z_rejected`")
-        return [(r["z_chosen"], r["z_rejected"]) for r in rows]
+        values = []
+        for i, e in enumerate(encoded):
+            if "z_chosen" not in e:
+                raise DataError(f"{origin} row {i}: data.spurious_attribute is `field` but the row has no "
+                                "`z_chosen` / `z_rejected`")
+            values.append((e["z_chosen"], e["z_rejected"]))
+        return values
     raise DataError(f"unknown data.spurious_attribute `{attribute}`; use one of {', '.join(ATTRIBUTES)}")
 
 
@@ -65,7 +67,12 @@ def fit_binning(values: list, num_bins: int) -> Binning:
     return Binning(categories=distinct)
 
 
+def bin_fields(values: list[tuple], binning: Binning) -> list[dict]:
+    """The fields each example gets: its z values and their bins (added with data/encoded_rows.with_fields)."""
+    return [{"z_chosen": z_w, "z_rejected": z_l, "z_bin_chosen": binning.index(z_w),
+             "z_bin_rejected": binning.index(z_l)} for z_w, z_l in values]
+
+
 def assign_bins(encoded: list[dict], values: list[tuple], binning: Binning) -> None:
-    for example, (z_w, z_l) in zip(encoded, values):
-        example["z_chosen"], example["z_rejected"] = z_w, z_l
-        example["z_bin_chosen"], example["z_bin_rejected"] = binning.index(z_w), binning.index(z_l)
+    for example, fields in zip(encoded, bin_fields(values, binning)):
+        example.update(fields)

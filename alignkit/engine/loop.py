@@ -11,7 +11,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class TrainData:
     kind: str
-    train: list[dict]
+    train: Sequence[dict]  # a list, or EncodedRows (data/encoded_rows.py): the cached training set, read by position
     eval: list[dict]
     pad_id: int
     retain: list[dict] = field(default_factory=list)  # unlearning objectives that need retain data

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,7 +318,7 @@ class UnlearningSuite:
     or MUSE {prompt, gt} rows for VerbMem); any other name with `kind: multiple_choice` is a {question, choices,
     answer} set scored as `mc/<name>` (WMDP, MMLU)."""
     sets: dict[str, dict] = field(default_factory=dict)
-    max_items: int = 60  # per set
+    max_items: int = 60  # per set; a larger multiple-choice set is sampled across its subjects (capped_indices)
     max_new_tokens: int = 32
     batch_size: int = 16
 
@@ -363,8 +364,8 @@ def read_suite_sets(suite: UnlearningSuite, seed: int = 0) -> dict:
         split, config = spec.get("split", "train"), spec.get("hub_config")
         if spec.get("kind") == "multiple_choice":
             rows, origin = read_rows(spec["data"], split, seed, config)
-            sets["multiple_choice"][name] = [_check_choice_row(r, f"{origin} row {i}") for i, r in
-                                             enumerate(rows[:suite.max_items])]
+            sets["multiple_choice"][name] = [_check_choice_row(rows[i], f"{origin} row {i}") for i in
+                                             capped_indices(rows, suite.max_items, seed)]
         elif name == "forget_text":
             rows, origin = read_rows(spec["data"], split, seed, config)
             for i, r in enumerate(rows[:suite.max_items]):
@@ -379,6 +380,29 @@ def read_suite_sets(suite: UnlearningSuite, seed: int = 0) -> dict:
         if role in sets and "question" not in sets[role][0]:
             raise DataError(f"the `{role}` set needs QA items (`question`, `answer`), or `kind: multiple_choice`")
     return sets
+
+
+def capped_indices(rows: list, max_items: int, seed: int = 0) -> list[int]:
+    """Which rows a capped multiple-choice set scores, in source order: all when they fit; else, when rows carry a
+    `subject` (MMLU is ordered by subject, so its first rows are one subject), an equal share of every subject
+    (seeded, round-robin over subjects; a subject with fewer rows gives its share to the others); else a seeded
+    uniform sample."""
+    if len(rows) <= max_items:
+        return list(range(len(rows)))
+    rng = random.Random(seed)
+    subjects = [r.get("subject") if isinstance(r, dict) else None for r in rows]
+    if any(s is None for s in subjects):
+        return sorted(rng.sample(range(len(rows)), max_items))
+    groups: dict = {}
+    for i, subject in enumerate(subjects):
+        groups.setdefault(subject, []).append(i)
+    queues = [rng.sample(members, len(members)) for _, members in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+    picked: list[int] = []
+    while len(picked) < max_items:
+        for queue in queues:
+            if queue and len(picked) < max_items:
+                picked.append(queue.pop())
+    return sorted(picked)
 
 
 def _check_choice_row(row, where: str) -> dict:

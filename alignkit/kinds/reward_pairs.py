@@ -25,7 +25,9 @@ def normalize(row: dict, where: str) -> dict:
 
 
 def encode(tokenizer, row: dict, s) -> dict:
-    return {**pairs.encode(tokenizer, row, s), "margin": float(row.get("margin", 0.0))}
+    """Like pairs, plus the margin and the row's z values when it has them (data.spurious_attribute: field)."""
+    z = {k: row[k] for k in ("z_chosen", "z_rejected") if k in row}
+    return {**pairs.encode(tokenizer, row, s), "margin": float(row.get("margin", 0.0)), **z}
 
 
 def collate(examples: list[dict], pad_id: int) -> dict:

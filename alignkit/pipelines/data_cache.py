@@ -32,7 +32,7 @@ from alignkit.paths import cache_dir, file_lock, files_fingerprint
 log = logging.getLogger(__name__)
 
 AUTO_NUM_PROC_ROWS = 20_000  # data.num_proc: null uses one process below this many source rows, else up to 8
-RAW = "raw"  # the column of a source's rows as JSON text (JSONL lines, built-in and .json rows)
+RAW = "_alignkit_json"  # the column of a source's rows as JSON text (JSONL lines, built-in and .json rows)
 
 
 def encode_source(tokenizer, tokenizer_dir: str, spec: str, split: str, kind: str, settings: EncodeSettings, *,
@@ -150,6 +150,10 @@ def _encode_all(raw, encode: _EncodeBatch, num_proc: int, limit: int | None, on_
         mapped = chunk.map(encode, batched=True, batch_size=500, with_indices=True, remove_columns=chunk.column_names,
                            num_proc=num_proc if len(chunk) >= 2 * num_proc else None, new_fingerprint=f"{key}-{start}",
                            load_from_cache_file=False, keep_in_memory=False, desc=f"encoding {origin}")
+        start += size
+        size *= 2
+        if "error" not in mapped.column_names:  # only blank lines: no records
+            continue
         errors, keep = mapped["error"], []
         for position, error in enumerate(errors):
             if limit is not None and kept >= limit:
@@ -166,8 +170,6 @@ def _encode_all(raw, encode: _EncodeBatch, num_proc: int, limit: int | None, on_
         part = mapped.select(keep) if len(keep) < len(mapped) else mapped
         truncated += sum(part["truncated"])
         parts.append(part)
-        start += size
-        size *= 2
     if not kept:
         raise DataError(f"{origin}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
     data = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]

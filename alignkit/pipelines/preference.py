@@ -8,6 +8,7 @@ import math
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from alignkit.config.loader import dump_recipe
@@ -17,6 +18,7 @@ from alignkit.data.sources import behaviour_scorer
 from alignkit.kinds import encode_rows, load_records
 from alignkit.models.loading import check_model_source, load_tokenizer, resolve_model_path
 from alignkit.objectives import get_objective
+from alignkit.pipelines.data_cache import encode_source
 from alignkit.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -83,17 +85,20 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
     keep = {"accepted_only": (True,), "rejected_only": (False,)}.get(side, (True, False))
     tokenizer = load_tokenizer(recipe.model.path)
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
-    train = load_records(d.train, d.train_split, kind, on_bad_row=d.on_bad_row, limit=d.train_size, seed=d.seed,
-                         hub_config=d.hub_config, keep_labels=keep if kind == "unpaired" else (True, False))
     if "idk" in objective.needs or "retain_idk" in objective.needs:
-        from alignkit.data.idk import load_idk_answers
+        from alignkit.data.idk import attach_idk, idk_row, load_idk_answers
 
         idk_answers = load_idk_answers(d.idk_answers)
-    if "idk" in objective.needs:
-        from alignkit.data.idk import attach_idk
-
-        train.rows = attach_idk(train.rows, idk_answers, d.seed, train.origin)
-    encoded_train, cut_train = encode_rows(tokenizer, train.rows, kind, settings, train.origin)
+    # The training set goes through the cached datasets encoder (a second run with the same inputs reads the cache);
+    # workers read their rows from its files.
+    transform = (partial(idk_row, answers=tuple(idk_answers), seed=d.seed, origin=d.train)
+                 if "idk" in objective.needs else None)
+    encoded_train, train = encode_source(
+        tokenizer, resolve_model_path(recipe.model.path), d.train, d.train_split, kind, settings, seed=d.seed,
+        hub_config=d.hub_config, on_bad_row=d.on_bad_row, limit=d.train_size,
+        keep_labels=keep if kind == "unpaired" else (True, False), transform=transform, num_proc=d.num_proc,
+        root=d.cache_dir)
+    cut_train = train["truncated"]
     eval_rows, encoded_eval, cut_eval, eval_origin = [], [], 0, None
     if d.eval:
         # Loss evaluation uses the first eval_size records; generations use the first eval.num_prompts distinct
@@ -109,22 +114,20 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
         retain = load_records(d.retain, d.retain_split, "forget", on_bad_row=d.on_bad_row, limit=d.retain_size,
                               seed=d.seed, hub_config=d.hub_config)
         if "retain_idk" in objective.needs:
-            from alignkit.data.idk import attach_idk
-
             retain.rows = attach_idk(retain.rows, idk_answers, d.seed + 1, retain.origin)
         encoded_retain, cut_retain = encode_rows(tokenizer, retain.rows, "forget", settings, retain.origin)
         cut_train += cut_retain
         log.info("retain data: %d records from %s", len(encoded_retain), retain.origin)
     binning = None
     if kind == "reward_pairs":
-        from alignkit.data.spurious import assign_bins, attribute_values, fit_binning
+        from alignkit.data.encoded_rows import with_fields
+        from alignkit.data.spurious import assign_bins, attribute_values, bin_fields, fit_binning
 
-        z_train = attribute_values(train.rows, encoded_train, d.spurious_attribute, train.origin)
+        z_train = attribute_values(encoded_train, d.spurious_attribute, train["origin"])
         binning = fit_binning([z for pair in z_train for z in pair], d.spurious_bins)
-        assign_bins(encoded_train, z_train, binning)
+        encoded_train = with_fields(encoded_train, bin_fields(z_train, binning))
         if encoded_eval:
-            assign_bins(encoded_eval, attribute_values(eval_rows, encoded_eval, d.spurious_attribute, eval_origin),
-                        binning)
+            assign_bins(encoded_eval, attribute_values(encoded_eval, d.spurious_attribute, eval_origin), binning)
         log.info("spurious attribute `%s`: %s (fitted on the training responses)", d.spurious_attribute,
                  binning.describe())
     if recipe.global_batch_size > len(encoded_train):
@@ -133,15 +136,16 @@ def prepare_data(recipe: Recipe) -> tuple[dict, dict]:
         raise RecipeError(f"global batch {recipe.global_batch_size} (trainer.micro_batch_size "
                           f"{recipe.trainer.micro_batch_size} x trainer.grad_accum {recipe.trainer.grad_accum} x "
                           f"cluster.num_workers {recipe.cluster.num_workers}) is larger than the "
-                          f"{len(encoded_train)} training records of {train.origin}")
+                          f"{len(encoded_train)} training records of {train['origin']}")
     # The same source and split for training and evaluation: its "held-out" metrics are on training rows.
     eval_is_train = bool(d.eval) and d.eval == d.train and d.eval_split == d.train_split
     if eval_is_train:
         log.warning("data.eval and data.eval_split name the training data (%s, split %s): the eval/ metrics are on "
                     "rows the run trains on, not held out", d.train, d.train_split)
-    stats = {"train_rows": len(encoded_train), "eval_rows": len(encoded_eval), "train_origin": train.origin,
-             "eval_origin": eval_origin, "skipped_rows": train.skipped, "truncated_rows": cut_train + cut_eval,
-             "eval_is_train": eval_is_train}
+    stats = {"train_rows": len(encoded_train), "eval_rows": len(encoded_eval), "train_origin": train["origin"],
+             "eval_origin": eval_origin, "skipped_rows": train["skipped"], "train_cache": train["path"],
+             "train_cache_hit": train["cache_hit"], "train_encode_s": train["seconds"],
+             "truncated_rows": cut_train + cut_eval, "eval_is_train": eval_is_train}
     if cut_train + cut_eval:
         log.warning("%d row(s) truncated to data.max_length=%d / max_prompt_length=%d", cut_train + cut_eval,
                     d.max_length, d.max_prompt_length)

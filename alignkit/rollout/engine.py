@@ -259,11 +259,20 @@ class RolloutPool:
     def health(self) -> list[dict]:
         return self._get([a.health.remote() for a in self.actors], "health check")
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Kill the engines and remove their placement group, waiting until Ray reports it removed: a Ray Train
+        run started right after (the per-step-negatives pipeline trains once its engines are done) asks for the
+        freed CPUs, and in one full-suite run its controller, started while the group was still being removed,
+        waited forever with the CPUs idle (Ray 2.60; seen once, not reproduced alone)."""
+        import time
+
         import ray
-        from ray.util.placement_group import remove_placement_group
+        from ray.util.placement_group import placement_group_table, remove_placement_group
 
         for a in self.actors:
             ray.kill(a)
         self.actors = []
         remove_placement_group(self.placement)
+        deadline = time.monotonic() + timeout_s
+        while placement_group_table(self.placement).get("state") != "REMOVED" and time.monotonic() < deadline:
+            time.sleep(0.1)

@@ -27,12 +27,11 @@ def test_categories_get_one_bin_each_and_unseen_values_their_own():
 
 
 def test_attribute_values_length_and_field():
-    rows = [dict(PAIR, z_chosen="flattery", z_rejected="plain")]
-    encoded = [{"chosen_ids": [1, 2, 3], "rejected_ids": [4]}]
-    assert attribute_values(rows, encoded, "length") == [(3, 1)]
-    assert attribute_values(rows, encoded, "field") == [("flattery", "plain")]
-    with pytest.raises(DataError, match="z_chosen"):
-        attribute_values([PAIR], encoded, "field", "data.jsonl")
+    encoded = [{"chosen_ids": [1, 2, 3], "rejected_ids": [4], "z_chosen": "flattery", "z_rejected": "plain"}]
+    assert attribute_values(encoded, "length") == [(3, 1)]
+    assert attribute_values(encoded, "field") == [("flattery", "plain")]
+    with pytest.raises(DataError, match="data.jsonl row 0: .*z_chosen"):
+        attribute_values([{"chosen_ids": [1], "rejected_ids": [2]}], "field", "data.jsonl")
     assign_bins(encoded, [("flattery", "plain")], Binning(categories=["flattery", "plain"]))
     assert (encoded[0]["z_bin_chosen"], encoded[0]["z_bin_rejected"]) == (0, 1)
 
@@ -65,7 +64,7 @@ def test_spurious_length_benchmark_is_deterministic_and_shifted():
 def test_encode_and_collate_reward_pairs(tokenizer):
     loaded = load_records("builtin:spurious_length", "test", "reward_pairs", limit=4)
     encoded, _ = encode_rows(tokenizer, loaded.rows, "reward_pairs", EncodeSettings(128, 64))
-    values = attribute_values(loaded.rows, encoded, "length")
+    values = attribute_values(encoded, "length")
     assign_bins(encoded, values, fit_binning([z for v in values for z in v], 2))
     batch = collate_reward_pairs(encoded, tokenizer.pad_token_id)
     assert batch["input_ids"].shape[0] == 8 and batch["z_bin"].shape == (8,)

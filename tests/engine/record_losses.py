@@ -48,7 +48,7 @@ def losses(name: str, out: Path) -> list[float]:
         from alignkit.data.spurious import assign_bins, attribute_values, fit_binning
 
         encoded, _ = encode_rows(tokenizer, rows, kind, s)
-        z = attribute_values(rows, encoded, "length", source)
+        z = attribute_values(encoded, "length", source)
         assign_bins(encoded, z, fit_binning([v for pair in z for v in pair], 4))
     else:
         encoded, _ = encode_rows(tokenizer, rows, kind, s)

@@ -103,7 +103,7 @@ def test_idk_answers_are_attached_per_row_and_deterministic(tmp_path):
     recipe = _recipe(tmp_path, "idk_ap")
     a, _ = prepare_data(recipe)
     b, _ = prepare_data(recipe)
-    assert all("idk_completion_ids" in e for e in a["train"] + a["retain"])
+    assert all("idk_completion_ids" in e for e in list(a["train"]) + a["retain"])
     assert [e["idk_completion_ids"] for e in a["train"]] == [e["idk_completion_ids"] for e in b["train"]]
     assert len({tuple(e["idk_completion_ids"]) for e in a["train"]}) > 3  # several phrasings in use
     assert all(e["idk_prompt_ids"] == e["prompt_ids"] for e in a["train"])
