@@ -33,6 +33,15 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         log.info("started a local Ray in %.1f s", time.perf_counter() - start)
 
 
+def outside_placement_group() -> dict:
+    """Options for `ray.remote` that schedule a task on the cluster's free resources even when the caller runs in a
+    placement group. A sweep trial runs in Tune's placement group, which holds only sweep.trial_cpus; Ray would place
+    the trial's evaluation tasks (which ask for a training worker's CPUs) inside it, where they can never fit."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
+
+
 # Lines Ray forwards from its own processes that are not the user's concern and read like errors: Ray Train's
 # controller logs at level E that its preemption-watcher actor has constructor arguments in the object store.
 BENIGN_RAY_LINES = ("has constructor arguments in the object store and max_restarts > 0",)

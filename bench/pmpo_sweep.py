@@ -3,11 +3,11 @@ matches DPO on the same pairs at DPO's own best lr? And does rejected-only at th
 collapse? SmolLM2-135M-Instruct, quickstart settings (20 steps x 8 pairs, 2 workers, ZeRO-2), chosen by the
 held-out format rate (64 greedy generations), one seed.
 
-    python bench/pmpo_sweep.py              # both Ray Tune sweeps, then rejected-only at the best beta/lr (~55 min)
+    python bench/pmpo_sweep.py              # both Ray Tune sweeps, then rejected-only at the best beta/lr (~45 min)
     python bench/pmpo_sweep.py --table-only # re-print bench/results/pmpo_sweep.md from the finished runs
 
-The sweeps are recipes/sweeps/pmpo_beta_lr.yaml (beta {0.1, 0.5, 2} x lr {1e-5, 3e-5, 1e-4}) and
-recipes/sweeps/dpo_lr.yaml (lr {1e-5, 3e-5, 1e-4}); every trial's row comes from its own run directory.
+The sweeps are recipes/sweeps/pmpo_beta_lr.yaml (beta {0.5, 2} x lr {3e-5, 1e-4}) and
+recipes/sweeps/dpo_lr.yaml (lr {3e-5, 1e-4}); every trial's row comes from its own run directory.
 """
 from __future__ import annotations
 

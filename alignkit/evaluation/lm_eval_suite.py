@@ -40,6 +40,8 @@ class LmEvalSuite:
     apply_chat_template: bool = False
     dtype: str = "float32"
     kind: str = "lm_eval"
+    # the harness's task index, built once by load_suite (indexing its ~15k task files takes seconds)
+    manager: object = field(default=None, repr=False, compare=False)
 
 
 def require_lm_eval():
@@ -60,7 +62,7 @@ def load_suite(path: str, key: str = "alignkit eval SUITE") -> LmEvalSuite:
     if not Path(path).is_file():
         raise RecipeError(f"evaluation suite {path} does not exist ({key})")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    allowed = {f.name for f in dataclasses.fields(LmEvalSuite)}
+    allowed = {f.name for f in dataclasses.fields(LmEvalSuite)} - {"manager"}
     if set(raw) - allowed:
         raise RecipeError(f"{path}: unknown key(s) {sorted(set(raw) - allowed)}; allowed: {sorted(allowed)}")
     suite = LmEvalSuite(**raw)
@@ -79,8 +81,8 @@ def load_suite(path: str, key: str = "alignkit eval SUITE") -> LmEvalSuite:
         if not folder.is_dir():
             raise RecipeError(f"{path}: include_path {folder} is not a folder")
         suite.include_path = str(folder)
-    manager = task_manager(suite)
-    known = set(manager.all_tasks)
+    suite.manager = task_manager(suite)
+    known = set(suite.manager.all_tasks)
     for task in suite.tasks:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=3)
@@ -112,7 +114,7 @@ def run_suite(model_path: str, suite: LmEvalSuite) -> dict:
     output = lm_eval.simple_evaluate(
         model="hf", model_args={"pretrained": resolve_model_path(model_path), "dtype": suite.dtype},
         tasks=list(suite.tasks), num_fewshot=suite.num_fewshot, limit=suite.limit, batch_size=suite.batch_size,
-        device=device, task_manager=task_manager(suite), apply_chat_template=suite.apply_chat_template,
+        device=device, task_manager=suite.manager or task_manager(suite), apply_chat_template=suite.apply_chat_template,
         log_samples=False)
     results = {}
     for task, metrics in output["results"].items():

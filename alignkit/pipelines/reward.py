@@ -48,13 +48,15 @@ def evaluate(recipe: Recipe, model_dir: Path) -> dict:
     import ray
 
     from alignkit.evaluation.reward import load_sets, load_suite, score_sets
+    from alignkit.ray_session import outside_placement_group
 
     d, c = recipe.data, recipe.cluster
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
     # Suite and data are read here, in the driver (workers may run on other machines), and shipped to the task.
     suite = load_suite(recipe.eval.suite)
     sets = load_sets(suite, d.eval, d.eval_split, d.seed)
-    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(score_sets)
+    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0,
+                      **outside_placement_group())(score_sets)
     start = time.perf_counter()
     results = ray.get(task.remote(str(model_dir), sets, suite, settings=settings, dtype=recipe.model.dtype,
                                   batch_size=recipe.eval.batch_size,

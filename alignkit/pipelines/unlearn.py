@@ -287,6 +287,7 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     from alignkit.evaluation.report import write_report
     from alignkit.evaluation.unlearning import results_table
     from alignkit.models.loading import check_model_source
+    from alignkit.ray_session import outside_placement_group
 
     run_started = time.perf_counter()  # the one clock of the run's "total wall time"
     u = recipe.unlearn
@@ -317,7 +318,8 @@ def run(recipe: Recipe, run_dir: RunDirectory | None = None) -> Path:
     models = {"target": target, **({"retain": retain_model} if retain_model else {}),
               **{f"step {p.name.split('_')[1]}": str(p) for p in steps}, "unlearned": str(out / "final")}
     c = recipe.cluster
-    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0)(evaluate_checkpoints)
+    task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0,
+                      **outside_placement_group())(evaluate_checkpoints)
     start = time.perf_counter()
     rows, notes = ray.get(task.remote(unlearn_recipe, models, sets, out))
     stage_seconds["evaluate + attacks"] = time.perf_counter() - start

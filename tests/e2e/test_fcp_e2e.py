@@ -9,6 +9,8 @@ from alignkit.kinds.feedback import EF_END, EF_START
 from tests.e2e.test_cli import cli_error, launch
 
 
+@pytest.mark.slow  # ~60 s; online rounds through the launcher stay in the default suite (test_online_e2e), FCP's
+# kind, builders and providers are tested in-process (tests/rollout/test_fcp.py)
 def test_two_fcp_bootstrap_rounds_through_the_launcher(tmp_path):
     out = tmp_path / "run"
     pool = tmp_path / "offline_rows.jsonl"  # the c+ pool from feedback rows, read on the driver only

@@ -1,13 +1,15 @@
-"""Reward models end to end through the CLI: causal RM on tiny-llama in a Ray Train worker (the torch backend keeps
-the default suite fast; multi-worker DeepSpeed is covered by tests/e2e/test_ray_train_e2e.py and the recipe itself
+"""Reward models end to end through the CLI: causal RM on tiny-llama in a Ray Train worker (torch backend; `slow`
+since it reached 45 s; multi-worker DeepSpeed is covered by tests/e2e/test_ray_train_e2e.py and the recipe itself
 runs 2 workers with ZeRO-2), then the evaluation suite; the export is a Hugging Face sequence-classification model."""
 import json
 
+import pytest
 import torch
 
 from tests.e2e.test_cli import cli_error, launch
 
 
+@pytest.mark.slow  # ~45 s; the reward objectives, data, suite and record kind are tested in-process
 def test_tiny_causal_rm_run(tmp_path, tokenizer):
     out = tmp_path / "run"
     proc = launch("recipes/reward/tiny_debug.yaml", f"run.output_dir={out}", "trainer.backend=torch",

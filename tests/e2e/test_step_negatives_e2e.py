@@ -8,6 +8,7 @@ import pytest
 from tests.e2e.test_cli import cli_error, launch
 
 
+@pytest.mark.slow  # ~45-60 s; the stages, splitter, Q̂ and row builders are tested in-process (tests/rollout)
 def test_the_pipeline_through_the_launcher_and_its_stage_cache(tmp_path):
     out = tmp_path / "dpo"
     proc = launch("recipes/step_negatives/tiny_debug.yaml", f"run.output_dir={out}", timeout=600)

