@@ -13,14 +13,16 @@ from pathlib import Path
 
 import _runs  # bench/_runs.py: the shared run loop
 
+OLD = ["objective.beta=0.5", "optim.lr=3e-5"]  # the settings this table was measured at (the recipes now ship the
+#                                                  sweep's best, bench/pmpo_sweep.py)
 RUNS = {
     "dpo (pairs)": ("recipes/quickstart.yaml", []),
-    "pmpo both (unpaired)": ("recipes/pmpo/both_builtin.yaml", []),
-    "pmpo rejected only, beta 0.5": ("recipes/pmpo/rejected_only_builtin.yaml", []),
-    "pmpo accepted only": ("recipes/pmpo/accepted_only_builtin.yaml", []),
+    "pmpo both (unpaired)": ("recipes/pmpo/both_builtin.yaml", OLD),
+    "pmpo rejected only, beta 0.5": ("recipes/pmpo/rejected_only_builtin.yaml", OLD),
+    "pmpo accepted only": ("recipes/pmpo/accepted_only_builtin.yaml", OLD),
     "pmpo both, beta 2, lr 1e-5": ("recipes/pmpo/both_builtin.yaml", ["objective.beta=2.0", "optim.lr=1e-5"]),
-    "pmpo rejected only, beta 0": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=0.0"]),
-    "pmpo rejected only, beta 2": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=2.0"]),
+    "pmpo rejected only, beta 0": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=0.0", "optim.lr=3e-5"]),
+    "pmpo rejected only, beta 2": ("recipes/pmpo/rejected_only_builtin.yaml", ["objective.beta=2.0", "optim.lr=3e-5"]),
     "pmpo rejected only, beta 5, lr 1e-5": ("recipes/pmpo/rejected_only_builtin.yaml",
                                             ["objective.beta=5.0", "optim.lr=1e-5"]),
 }
