@@ -14,6 +14,7 @@ the same records, in the same order, as `kinds.load_records` + `kinds.encode_row
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -47,9 +48,11 @@ def encode_source(tokenizer, tokenizer_dir: str, spec: str, split: str, kind: st
     start = time.perf_counter()
     base = Path(root).expanduser() if root else cache_dir() / "data"
     source_key, origin = _source_key(spec, split, seed, hub_config)
-    record_kind = get_kind(kind)
-    code = [_file_hash(inspect.getsourcefile(f)) for f in (record_kind.normalize, record_kind.encode,
-                                                            EncodeSettings, encode_source)]
+    get_kind(kind)  # an unknown kind fails here
+    # the encoder code: every record kind module (a kind may build on another's encoder), encode.py and this file
+    kinds_dir = Path(inspect.getsourcefile(get_kind)).parent
+    code = [_file_hash(str(f)) for f in sorted(kinds_dir.glob("*.py"))] + [
+        _file_hash(inspect.getsourcefile(f)) for f in (EncodeSettings, encode_source)]
     key = hashlib.sha256(json.dumps([source_key, kind, list(keep_labels), on_bad_row, limit, asdict(settings),
                                      files_fingerprint(Path(tokenizer_dir)), repr(transform), code]).encode())
     target = base / f"{kind}-{key.hexdigest()[:16]}"
@@ -222,6 +225,7 @@ def _raw_dataset(spec: str, split: str, seed: int, hub_config: str | None, base:
     return datasets.Dataset.from_dict({RAW: [json.dumps(r) for r in rows]})
 
 
+@functools.lru_cache(maxsize=4)  # the key and the rows come from one load
 def _hub_dataset(name: str, config: str | None, split: str):
     import datasets
 
