@@ -10,6 +10,12 @@ import time
 log = logging.getLogger(__name__)
 
 
+def cpu_threads(cpus: float) -> int:
+    """Torch threads for a task or worker holding `cpus` Ray CPUs: rounded, not truncated, so a sweep's 1.9-CPU
+    worker (0.1 left for the trial's own process) still uses both cores (int() gave it one: 2x slower)."""
+    return max(1, round(cpus))
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS / the current Ray job, else start a local Ray."""
     import ray

@@ -14,7 +14,7 @@ from pathlib import Path
 from alignkit.config.loader import recipe_from_dict, recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.errors import AlignkitError
-from alignkit.ray_session import ensure_ray  # noqa: F401  (re-exported: the pipelines start Ray through it)
+from alignkit.ray_session import cpu_threads, ensure_ray  # noqa: F401  (re-exported: the pipelines start Ray through it)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _worker_main(config: dict) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     recipe = recipe_from_dict(config["recipe"], source=config["source"])
     if not recipe.cluster.use_gpu:
-        torch.set_num_threads(max(1, int(recipe.cluster.cpus_per_worker)))
+        torch.set_num_threads(cpu_threads(recipe.cluster.cpus_per_worker))
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen, not a failed GPU detection (DeepSpeed's warning)
     if recipe.trainer.backend == "deepspeed":
         import deepspeed

@@ -168,153 +168,157 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
         output_dir.mkdir(parents=True, exist_ok=True)
     trackers = Trackers(recipe, output_dir, enabled=rank == 0)
     writer = MetricsWriter(output_dir / "metrics.jsonl" if rank == 0 else None, trackers)
-    batch_size = t.micro_batch_size * 2  # the reference pass (no gradients: twice the training micro-batch)
-    eval_batch = recipe.eval.batch_size  # the held-out loss pass
-    source = hooks.source or StaticSource(data.train, recipe.run.seed, t.micro_batch_size, t.grad_accum)
+    try:
+        batch_size = t.micro_batch_size * 2  # the reference pass (no gradients: twice the training micro-batch)
+        eval_batch = recipe.eval.batch_size  # the held-out loss pass
+        source = hooks.source or StaticSource(data.train, recipe.run.seed, t.micro_batch_size, t.grad_accum)
 
-    mode = recipe.reference.mode
-    if mode == "auto":  # online rows do not exist before training: their reference runs live
-        live = objective.live_reference or recipe.online.rounds > 0
-        mode = ("live" if live else "precompute") if objective.reference == "required" else "none"
-    references: dict = {"train": None, "eval": None}
-    start = time.perf_counter()
-    if mode == "precompute":
-        # The reference is the starting policy (or reference.path), so this runs before any update and before a
-        # checkpoint is loaded; a resumed run computes only what its checkpoint's tables lack (e.g. more steps).
-        saved = saved_references(Path(hooks.resume_dir)) if hooks.resume_dir is not None else {}
-        ref_module = backend.module
-        if recipe.reference.path:
-            ref_module = backend.place_model(load_causal_lm(recipe.reference.path, m.dtype, m.trust_remote_code,
-                                                            **load))
-        visited = source.visited(t.max_steps, world)
-        per_example = get_kind(data.kind).sequences_per_example
-        references["train"] = PrecomputedReference.compute(ref_module, data.train, collate, batch_size, ctx,
-                                                            per_example, needed=visited, into=saved.get("train")
-                                                            ).placed(backend.place)
-        if data.eval:
-            references["eval"] = PrecomputedReference.compute(ref_module, data.eval, collate, batch_size, ctx,
-                                                               per_example, into=saved.get("eval")
-                                                               ).placed(backend.place)
-        log.info("reference log-probs ready for the %d train examples this run visits and %d eval examples "
-                 "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
-        del ref_module  # a separate reference model is not kept beside the policy: precompute's promise
-    elif mode == "live":
-        vocab = objective.distributions or "retain_vocab" in objective.needs
-        if m.lora is not None and not recipe.reference.path:  # the policy with its adapters off: no second model
-            references["train"] = references["eval"] = LiveReference.adapters_off(backend.module, ctx, vocab)
-        else:
-            ref_model = backend.place_model(load_causal_lm(recipe.reference.path or m.path, m.dtype,
-                                                           m.trust_remote_code, **load))
-            references["train"] = references["eval"] = LiveReference(ref_model, ctx, vocab)
+        mode = recipe.reference.mode
+        if mode == "auto":  # online rows do not exist before training: their reference runs live
+            live = objective.live_reference or recipe.online.rounds > 0
+            mode = ("live" if live else "precompute") if objective.reference == "required" else "none"
+        references: dict = {"train": None, "eval": None}
+        start = time.perf_counter()
+        if mode == "precompute":
+            # The reference is the starting policy (or reference.path), so this runs before any update and before a
+            # checkpoint is loaded; a resumed run computes only what its checkpoint's tables lack (e.g. more steps).
+            saved = saved_references(Path(hooks.resume_dir)) if hooks.resume_dir is not None else {}
+            ref_module = backend.module
+            if recipe.reference.path:
+                ref_module = backend.place_model(load_causal_lm(recipe.reference.path, m.dtype, m.trust_remote_code,
+                                                                **load))
+            visited = source.visited(t.max_steps, world)
+            per_example = get_kind(data.kind).sequences_per_example
+            references["train"] = PrecomputedReference.compute(ref_module, data.train, collate, batch_size, ctx,
+                                                                per_example, needed=visited, into=saved.get("train")
+                                                                ).placed(backend.place)
+            if data.eval:
+                references["eval"] = PrecomputedReference.compute(ref_module, data.eval, collate, batch_size, ctx,
+                                                                   per_example, into=saved.get("eval")
+                                                                   ).placed(backend.place)
+            log.info("reference log-probs ready for the %d train examples this run visits and %d eval examples "
+                     "in %.1f s", len(set(visited)), len(data.eval), time.perf_counter() - start)
+            del ref_module  # a separate reference model is not kept beside the policy: precompute's promise
+        elif mode == "live":
+            vocab = objective.distributions or "retain_vocab" in objective.needs
+            if m.lora is not None and not recipe.reference.path:  # the policy with its adapters off: no second model
+                references["train"] = references["eval"] = LiveReference.adapters_off(backend.module, ctx, vocab)
+            else:
+                ref_model = backend.place_model(load_causal_lm(recipe.reference.path or m.path, m.dtype,
+                                                               m.trust_remote_code, **load))
+                references["train"] = references["eval"] = LiveReference(ref_model, ctx, vocab)
 
-    start_step, tokens_seen = 0, 0
-    if hooks.resume_dir is not None:
-        start_step, tokens_seen = load_state(backend, Path(hooks.resume_dir), rank)
-        source_file = Path(hooks.resume_dir) / "source_state.pt"
-        if source_file.exists():
-            source.load_state(torch.load(source_file, weights_only=False, map_location="cpu"), backend, start_step)
-        if rank == 0:
-            _truncate_metrics(output_dir / "metrics.jsonl", start_step)
-        log.info("resumed from %s at step %d", hooks.resume_dir, start_step)
-    reference, reference_eval = references["train"], references["eval"]
+        start_step, tokens_seen = 0, 0
+        if hooks.resume_dir is not None:
+            start_step, tokens_seen = load_state(backend, Path(hooks.resume_dir), rank)
+            source_file = Path(hooks.resume_dir) / "source_state.pt"
+            if source_file.exists():
+                source.load_state(torch.load(source_file, weights_only=False, map_location="cpu"), backend, start_step)
+            if rank == 0:
+                _truncate_metrics(output_dir / "metrics.jsonl", start_step)
+            log.info("resumed from %s at step %d", hooks.resume_dir, start_step)
+        reference, reference_eval = references["train"], references["eval"]
 
-    metric_keys = ["loss", *objective.metric_names]
-    last_eval: dict[str, float] = {}
-    if data.eval and start_step == 0:
-        last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, eval_batch, metric_keys,
-                             backend.place)
-        writer.write({"step": 0, **last_eval})
-    if start_step == 0 and hasattr(source, "start_metrics"):  # an online run's held-out curve starts here
-        before = source.start_metrics()
-        if before:
-            writer.write({"step": 0, **before})
+        metric_keys = ["loss", *objective.metric_names]
+        last_eval: dict[str, float] = {}
+        if data.eval and start_step == 0:
+            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, eval_batch, metric_keys,
+                                 backend.place)
+            writer.write({"step": 0, **last_eval})
+        if start_step == 0 and hasattr(source, "start_metrics"):  # an online run's held-out curve starts here
+            before = source.start_metrics()
+            if before:
+                writer.write({"step": 0, **before})
 
-    def checkpoint(step: int, metrics: dict) -> None:
-        if hooks.save_checkpoint is not None:
-            hooks.save_checkpoint(step, metrics, lambda d: save_state(backend, Path(d), step, tokens_seen, rank,
-                                                                      references, source.state()))
+        def checkpoint(step: int, metrics: dict) -> None:
+            if hooks.save_checkpoint is not None:
+                hooks.save_checkpoint(step, metrics, lambda d: save_state(backend, Path(d), step, tokens_seen, rank,
+                                                                          references, source.state()))
 
-    progress = None
-    if rank == 0 and t.progress_bar:
-        from tqdm.auto import tqdm
+        progress = None
+        if rank == 0 and t.progress_bar:
+            from tqdm.auto import tqdm
 
-        progress = tqdm(total=t.max_steps, initial=start_step, desc=f"train {recipe.run.name}", unit="step",
-                        dynamic_ncols=True)
-    last_train: dict[str, float] = {}
-    latest: dict = {}
-    skipped = 0
-    window_start = loop_start = time.perf_counter()
-    window_tokens = 0
-    for step in range(start_step, t.max_steps):
-        sums = MetricSums()
-        fetched = time.perf_counter()
-        micro_batches = source.micro_batches(step, rank, world)  # [] = nothing to train on (an empty online round)
-        window_start += time.perf_counter() - fetched  # an online round's generation is not step time
-        for m, examples in enumerate(micro_batches):
-            ids = [e["index"] for e in examples]
-            batch = collate(examples)
-            # retain examples follow their own stream, at the same position as this worker's forget examples
-            position = ((step * t.grad_accum + m) * world + rank) * t.micro_batch_size
-            retain = retain_batch_for(data, len(ids), position, backend.place)
-            inputs = objective_inputs(objective, backend.module, batch, ctx, reference, retain, params)
-            loss, metrics = objective.loss_fn(inputs, params)
-            if not _all_finite(loss):
-                where = f"non-finite loss at step {step + 1} (this worker's examples: {ids}, worker {rank})"
-                if t.on_nonfinite == "abort":
-                    if step > start_step:  # the state before this step, unless it is already in a checkpoint
-                        checkpoint(step, {"step": step, **last_train, **last_eval})
-                    raise AlignkitError(f"{where}; stopped (trainer.on_nonfinite: abort). Lower optim.lr or check "
-                                        "the data; trainer.on_nonfinite: skip skips such batches")
-                skipped += 1
-                log.warning("%s; skipped (trainer.on_nonfinite: skip)", where)
-                backend.skip_micro_batch()
-                continue
-            backend.backward(loss)
-            backend.step()
-            sums.add({"loss": loss, **metrics})
-            window_tokens += int(batch["attention_mask"].sum())
-        means = sums.mean_across_workers(metric_keys)
-        tokens = float(all_reduce_sum(torch.tensor([float(window_tokens)], dtype=torch.float64))[0])
-        tokens_seen += int(tokens)
-        elapsed = time.perf_counter() - window_start
-        last_train = {f"train/{k}": v for k, v in means.items()}
-        record = {"step": step + 1, **last_train, "train/lr": backend.lr(), "train/grad_norm": backend.last_grad_norm,
-                  "train/tokens_per_s": tokens / max(elapsed, 1e-9), "train/tokens": tokens_seen,
-                  "time/step_s": elapsed}
-        record["sys/peak_rss_mb"], record["sys/rss_mb"] = memory_mb_max()
-        if not micro_batches:
-            record["train/skipped_step"] = 1
-        if hasattr(source, "round_metrics"):  # an online round: generation, scoring and row statistics
-            record.update(source.round_metrics())
-            record.update(source.after_step(step + 1, backend))
-        record["time/elapsed_s"] = time.perf_counter() - loop_start  # after the push: round walls add up
-        if skipped:
-            record["train/skipped_batches"] = skipped
-        is_last = step + 1 == t.max_steps
-        if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
-            last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, eval_batch,
-                                 metric_keys, backend.place)
-            record.update(last_eval)
-        online = hasattr(source, "round_metrics")  # every step of an online run is logged: rounds add them up
-        if online or (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):
-            writer.write(record)
-        latest.update(record)  # what a report carries: the latest value of every metric (e.g. the round's score)
-        round_end = online and (step + 1) % source.steps_per_round == 0
-        if hooks.on_evaluation is not None and (any(k.startswith("eval/") for k in record) or round_end):
-            hooks.on_evaluation(dict(latest))
-        if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
-            checkpoint(step + 1, {**record, **last_eval})
-        if t.export_every and (step + 1) % t.export_every == 0 and not is_last:
-            # a loadable model of this step (e.g. to evaluate a method along its training); the last is `final`
-            export_model(backend, model, recipe, output_dir / f"step_{step + 1}", rank)
-        if hooks.on_step_end is not None:
-            hooks.on_step_end(step + 1, rank)
-        window_start, window_tokens = time.perf_counter(), 0  # after eval/logging: step time is training only
+            progress = tqdm(total=t.max_steps, initial=start_step, desc=f"train {recipe.run.name}", unit="step",
+                            dynamic_ncols=True)
+        last_train: dict[str, float] = {}
+        latest: dict = {}
+        skipped = 0
+        window_start = loop_start = time.perf_counter()
+        window_tokens = 0
+        for step in range(start_step, t.max_steps):
+            sums = MetricSums()
+            fetched = time.perf_counter()
+            micro_batches = source.micro_batches(step, rank, world)  # [] = nothing to train on (an empty online round)
+            window_start += time.perf_counter() - fetched  # an online round's generation is not step time
+            for m, examples in enumerate(micro_batches):
+                ids = [e["index"] for e in examples]
+                batch = collate(examples)
+                # retain examples follow their own stream, at the same position as this worker's forget examples
+                position = ((step * t.grad_accum + m) * world + rank) * t.micro_batch_size
+                retain = retain_batch_for(data, len(ids), position, backend.place)
+                inputs = objective_inputs(objective, backend.module, batch, ctx, reference, retain, params)
+                loss, metrics = objective.loss_fn(inputs, params)
+                if not _all_finite(loss):
+                    where = f"non-finite loss at step {step + 1} (this worker's examples: {ids}, worker {rank})"
+                    if t.on_nonfinite == "abort":
+                        if step > start_step:  # the state before this step, unless it is already in a checkpoint
+                            checkpoint(step, {"step": step, **last_train, **last_eval})
+                        raise AlignkitError(f"{where}; stopped (trainer.on_nonfinite: abort). Lower optim.lr or check "
+                                            "the data; trainer.on_nonfinite: skip skips such batches")
+                    skipped += 1
+                    log.warning("%s; skipped (trainer.on_nonfinite: skip)", where)
+                    backend.skip_micro_batch()
+                    continue
+                backend.backward(loss)
+                backend.step()
+                sums.add({"loss": loss, **metrics})
+                window_tokens += int(batch["attention_mask"].sum())
+            means = sums.mean_across_workers(metric_keys)
+            tokens = float(all_reduce_sum(torch.tensor([float(window_tokens)], dtype=torch.float64))[0])
+            tokens_seen += int(tokens)
+            elapsed = time.perf_counter() - window_start
+            last_train = {f"train/{k}": v for k, v in means.items()}
+            record = {"step": step + 1, **last_train, "train/lr": backend.lr(),
+                      "train/grad_norm": backend.last_grad_norm, "train/tokens_per_s": tokens / max(elapsed, 1e-9),
+                      "train/tokens": tokens_seen, "time/step_s": elapsed}
+            record["sys/peak_rss_mb"], record["sys/rss_mb"] = memory_mb_max()
+            if not micro_batches:
+                record["train/skipped_step"] = 1
+            if hasattr(source, "round_metrics"):  # an online round: generation, scoring and row statistics
+                record.update(source.round_metrics())
+                record.update(source.after_step(step + 1, backend))
+            record["time/elapsed_s"] = time.perf_counter() - loop_start  # after the push: round walls add up
+            if skipped:
+                record["train/skipped_batches"] = skipped
+            is_last = step + 1 == t.max_steps
+            if data.eval and (is_last or (t.eval_every and (step + 1) % t.eval_every == 0)):
+                last_eval = evaluate(backend.module, objective, params, data, reference_eval, ctx, eval_batch,
+                                     metric_keys, backend.place)
+                record.update(last_eval)
+            online = hasattr(source, "round_metrics")  # every step of an online run is logged: rounds add them up
+            if online or (step + 1) % t.log_every == 0 or is_last or any(k.startswith("eval/") for k in record):
+                writer.write(record)
+            latest.update(record)  # what a report carries: the latest value of every metric (e.g. the round's score)
+            round_end = online and (step + 1) % source.steps_per_round == 0
+            if hooks.on_evaluation is not None and (any(k.startswith("eval/") for k in record) or round_end):
+                hooks.on_evaluation(dict(latest))
+            if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or is_last):
+                checkpoint(step + 1, {**record, **last_eval})
+            if t.export_every and (step + 1) % t.export_every == 0 and not is_last:
+                # a loadable model of this step (e.g. to evaluate a method along its training); the last is `final`
+                export_model(backend, model, recipe, output_dir / f"step_{step + 1}", rank)
+            if hooks.on_step_end is not None:
+                hooks.on_step_end(step + 1, rank)
+            window_start, window_tokens = time.perf_counter(), 0  # after eval/logging: step time is training only
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", refresh=False)
         if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", refresh=False)
-    if progress is not None:
-        progress.close()
+            progress.close()
+    except BaseException:  # a failed run still ends its tracker runs (W&B / MLflow mark them failed)
+        trackers.close(failed=True)
+        raise
     trackers.close()
     final = export_model(backend, model, recipe, output_dir / "final", rank)
     pushed = hooks.on_final_weights(final) if hooks.on_final_weights is not None and final is not None else {}

@@ -39,7 +39,7 @@ class TensorBoardTracker:
             self.writer.add_scalar(k, v, step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -54,8 +54,8 @@ class WandbTracker:
     def log(self, step: int, scalars: dict) -> None:
         self.run.log(scalars, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class MlflowTracker:
@@ -81,8 +81,8 @@ class MlflowTracker:
         for k, v in scalars.items():
             self.client.log_metric(self.run_id, k, v, step=step)
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
@@ -99,7 +99,11 @@ class Trackers:
         for tracker in self.trackers:
             tracker.log(int(record.get("step", 0)), scalars)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End every tracker's run (idempotent); `failed` marks it failed where the tracker has a status."""
         for tracker in self.trackers:
-            tracker.close()
+            try:
+                tracker.close(failed)
+            except Exception as exc:  # closing must not hide the run's own error
+                log.warning("closing %s failed: %s", type(tracker).__name__, exc)
         self.trackers = []

@@ -300,10 +300,10 @@ def _behaviour(recipe: Recipe, start_dir: str, final_dir: Path, rows: list[dict]
     import ray
 
     from alignkit.evaluation.generation import behaviour_eval
-    from alignkit.ray_session import outside_placement_group
+    from alignkit.ray_session import cpu_threads, outside_placement_group
 
     e, c = recipe.eval, recipe.cluster
-    threads = max(1, int(c.cpus_per_worker * c.num_workers))
+    threads = cpu_threads(c.cpus_per_worker * c.num_workers)
     task = ray.remote(num_cpus=min(c.cpus_per_worker, 1), num_gpus=1 if c.use_gpu else 0,
                       **outside_placement_group())(behaviour_eval)
     args = dict(rows=rows, scorer=scorer, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,

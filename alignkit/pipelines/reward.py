@@ -48,7 +48,7 @@ def evaluate(recipe: Recipe, model_dir: Path) -> dict:
     import ray
 
     from alignkit.evaluation.reward import load_sets, load_suite, score_sets
-    from alignkit.ray_session import outside_placement_group
+    from alignkit.ray_session import cpu_threads, outside_placement_group
 
     d, c = recipe.data, recipe.cluster
     settings = EncodeSettings(d.max_length, d.max_prompt_length, d.truncation_mode, d.chat_template == "auto")
@@ -60,6 +60,6 @@ def evaluate(recipe: Recipe, model_dir: Path) -> dict:
     start = time.perf_counter()
     results = ray.get(task.remote(str(model_dir), sets, suite, settings=settings, dtype=recipe.model.dtype,
                                   batch_size=recipe.eval.batch_size,
-                                  threads=max(1, int(c.cpus_per_worker * c.num_workers))))
+                                  threads=cpu_threads(c.cpus_per_worker * c.num_workers)))
     log.info("reward evaluation in %.1f s", time.perf_counter() - start)
     return results

@@ -22,6 +22,7 @@ from alignkit.config.loader import recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.paths import cache_dir
 from alignkit.pipelines.preference import check_data_kinds, train_stage
+from alignkit.ray_session import cpu_threads
 from alignkit.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def evaluate_checkpoints(recipe: Recipe, models: dict[str, str], sets: dict, out
     if not logging.getLogger().handlers:  # in a Ray task: show this stage's progress in the driver's output
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     u, c = recipe.unlearn, recipe.cluster
-    torch.set_num_threads(max(1, int(c.cpus_per_worker * c.num_workers)))
+    torch.set_num_threads(cpu_threads(c.cpus_per_worker * c.num_workers))
     tokenizer = load_tokenizer(models["unlearned"])
     kw = dict(max_new_tokens=u.max_new_tokens, batch_size=recipe.eval.batch_size)
     rows, details, notes = {}, {}, {}

@@ -183,7 +183,7 @@ class RolloutPool:
     def __init__(self, model_path: str, cfg, dtype: str = "float32", seed: int = 0):
         import ray
 
-        from alignkit.ray_session import ensure_ray
+        from alignkit.ray_session import cpu_threads, ensure_ray
 
         ensure_ray()
         from ray.util.placement_group import placement_group, remove_placement_group
@@ -206,7 +206,7 @@ class RolloutPool:
         remote = ray.remote(EngineActor)
         self.weight_sync = resolve_weight_sync(cfg.weight_sync, self.backend)
         on_gpu = cfg.gpus_per_engine > 0
-        kwargs = dict(batch_size=cfg.batch_size, threads=cfg.threads or max(1, int(cfg.cpus_per_engine)),
+        kwargs = dict(batch_size=cfg.batch_size, threads=cfg.threads or cpu_threads(cfg.cpus_per_engine),
                       tensor_parallel_size=cfg.tensor_parallel_size,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
         if self.backend == "vllm":

@@ -112,3 +112,31 @@ def test_a_missing_tracker_package_is_one_error(monkeypatch):
     with pytest.raises(RecipeError, match="run.loggers.*wandb needs the wandb package"):
         recipe_from_dict({"model": {"path": "builtin:tiny-llama"}, "data": {"train": "builtin:concise_arithmetic"},
                           "objective": {"name": "sft"}, "run": {"loggers": ["jsonl", "wandb"]}})
+
+
+def test_a_failed_run_marks_its_mlflow_run_failed(tmp_path, monkeypatch):
+    """A run that raises mid-training still ends its tracker runs, as FAILED (they stayed RUNNING before)."""
+    import mlflow
+
+    from alignkit.engine.loop import RunHooks
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def fail(step, rank):
+        if step == 2:
+            raise RuntimeError("worker lost")
+
+    recipe = recipe_from_dict({
+        "run": {"output_dir": str(tmp_path), "name": "crashed", "loggers": ["mlflow"], "group": "fails"},
+        "model": {"path": "builtin:tiny-llama"},
+        "data": {"train": "builtin:concise_arithmetic", "train_size": 8, "max_length": 64, "max_prompt_length": 40},
+        "objective": {"name": "sft"}, "trainer": {"backend": "torch", "max_steps": 3, "micro_batch_size": 2,
+                                                  "progress_bar": False}, "eval": {"generate": False}})
+    encoded, _ = prepare_data(recipe)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train(recipe, TrainData("sft", encoded["train"], [], encoded["pad_id"]), tmp_path,
+              hooks=RunHooks(on_step_end=fail))
+    client = mlflow.MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("fails").experiment_id])
+    assert mlrun.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "train/loss")] == [1, 2]

@@ -106,3 +106,10 @@ def test_evaluation_tasks_leave_the_trials_placement_group(ray_local):
         assert "cannot fit into any bundles" in ray.get(inside.remote({}), timeout=120)  # the default is captured
     finally:
         remove_placement_group(group)
+
+
+def test_fractional_cpus_round_to_threads():
+    """A sweep's 1.9-CPU worker uses both cores (int() truncated it to one thread: steps ran 2x slower)."""
+    from alignkit.ray_session import cpu_threads
+
+    assert [cpu_threads(c) for c in (0.1, 0.9, 1.0, 1.9, 2.4, 4)] == [1, 1, 1, 2, 2, 4]
