@@ -14,8 +14,10 @@ from pathlib import Path
 from alignkit.config.loader import recipe_from_dict, recipe_to_dict
 from alignkit.config.schema import Recipe
 from alignkit.errors import AlignkitError
-from alignkit.ray_session import cpu_threads
-from alignkit.ray_session import ensure_ray  # noqa: F401  (re-exported: the pipelines start Ray through it)
+from alignkit.ray_session import (
+    cpu_threads,
+    ensure_ray,  # noqa: F401  (re-exported: the pipelines start Ray through it)
+)
 
 log = logging.getLogger(__name__)
 
