@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -451,6 +452,8 @@ def check_sweep(recipe: Recipe, where) -> None:
     if sw.space and not sw.metric.startswith(("eval/", "gen/", "train/", "reward/", "online/")):
         raise RecipeError(f"`sweep.metric` in {where('sweep.metric')} must be an eval/, gen/, train/, online/ or "
                           "reward/<set>/<metric> metric")
+    if sw.space and sw.scheduler == "pbt":
+        _check_pbt(recipe, where)
     kinds = {next(iter(spec)) for spec in sw.space.values() if isinstance(spec, dict) and spec}
     if sw.space and sw.search == "grid" and kinds != {"grid"}:
         raise RecipeError(f"`sweep.search` in {where('sweep.search')}: grid needs every sweep.space entry to be a "
@@ -467,6 +470,36 @@ def check_sweep(recipe: Recipe, where) -> None:
     if sw.num_samples < 1 or sw.max_concurrent_trials < 1 or sw.trial_cpus <= 0:
         raise RecipeError(f"`sweep` in {where('sweep')}: num_samples and max_concurrent_trials must be >= 1 and "
                           "trial_cpus > 0")
+
+
+def _check_pbt(recipe: Recipe, where) -> None:
+    """PBT restarts trials mid-run from another trial's checkpoint with mutated values: only values a resumed run
+    can take (the learning rate's peak, objective parameters) may be swept, and it decides on in-training metrics at
+    steps where a checkpoint and an evaluation coincide."""
+    sw, t = recipe.sweep, recipe.trainer
+    for key in sw.space:
+        if key != "optim.lr" and not (key.startswith("objective.") and key != "objective.name"):
+            raise RecipeError(f"`sweep.space.{key}` in {where(f'sweep.space.{key}')}: sweep.scheduler: pbt mutates "
+                              "values in the middle of a run, which a resumed run can only take for optim.lr and "
+                              f"objective parameters; sweep {key} with scheduler none or asha")
+    if not sw.metric.startswith(("eval/", "train/")):
+        raise RecipeError(f"`sweep.metric` in {where('sweep.metric')}: sweep.scheduler: pbt compares trials during "
+                          f"training, so the metric must be an eval/ or train/ one, got {sw.metric}")
+    if sw.search not in ("random", "grid"):
+        raise RecipeError(f"`sweep.search` in {where('sweep.search')}: sweep.scheduler: pbt chooses the values "
+                          f"itself; use search random or grid (the starting population), not {sw.search}")
+    if not t.eval_every or sw.perturbation_interval <= 0 or sw.perturbation_interval % t.eval_every:
+        raise RecipeError(f"`sweep.perturbation_interval` in {where('sweep.perturbation_interval')}: sweep.scheduler:"
+                          " pbt needs a perturbation_interval > 0 that is a multiple of trainer.eval_every (> 0), "
+                          f"got {sw.perturbation_interval} and eval_every {t.eval_every}")
+    if t.num_epochs is None and sw.perturbation_interval >= t.max_steps:
+        raise RecipeError(f"`sweep.perturbation_interval` in {where('sweep.perturbation_interval')}: "
+                          f"{sw.perturbation_interval} steps leaves no perturbation before trainer.max_steps "
+                          f"({t.max_steps})")
+    population = sw.num_samples * math.prod(len(spec["grid"]) for spec in sw.space.values() if "grid" in spec)
+    if population < 2 or sw.max_concurrent_trials < population:
+        raise RecipeError(f"`sweep` in {where('sweep')}: sweep.scheduler: pbt needs a population of >= 2 trials "
+                          f"running together (sweep.max_concurrent_trials >= the number of trials, {population})")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

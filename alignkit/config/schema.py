@@ -196,11 +196,15 @@ class SweepConfig:
     space: dict[str, Any] = field(default_factory=dict)
     metric: str = "eval/loss"  # any eval/ metric, or gen/<name> from the held-out generations
     mode: Literal["min", "max"] = "min"
-    scheduler: Literal["none", "asha"] = "none"  # asha stops weak trials at eval steps (trainer.eval_every)
+    # asha stops weak trials at eval steps (trainer.eval_every); pbt (population-based training) runs the trials
+    # together and every `perturbation_interval` steps restarts the weakest from a copy of a strong trial's
+    # checkpoint with its swept values mutated (optim.lr and objective parameters only)
+    scheduler: Literal["none", "asha", "pbt"] = "none"
     # random / grid: Tune's variant generator (grid entries are searched in full, the others sampled); optuna (TPE)
     # and hyperopt: model-based search through Tune's searchers (pip install optuna / hyperopt; no grid entries)
     search: Literal["random", "grid", "optuna", "hyperopt"] = "random"
     grace_period: int = 1  # evaluations before ASHA may stop a trial
+    perturbation_interval: int = 0  # pbt: optimizer steps between perturbations (a multiple of trainer.eval_every)
     num_samples: int = 1  # samples per grid point (random draws for choice/uniform/loguniform)
     max_concurrent_trials: int = 1
     trial_cpus: float = 0.1  # the trial's own process; its Ray Train workers take cluster.cpus_per_worker each

@@ -87,7 +87,9 @@ def _worker_main(config: dict) -> None:
             (Path(config["output_dir"]) / "weight_sync.json").write_text(json.dumps(pushed))
             return {"rollout/sync_s": pushed["seconds"]}
         hooks.on_final_weights = push
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # this run's latest, after a worker-group restart
+    if checkpoint is None and config.get("resume_dir"):  # run.resume: a checkpoint directory
+        checkpoint = ray.train.Checkpoint.from_directory(config["resume_dir"])
     if checkpoint is None:
         summary = train(recipe, data, config["output_dir"], hooks=hooks)
     else:
@@ -166,7 +168,7 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
     `weight_sink`: rank 0 sends the final weights through it (to rollout engines) and writes weight_sync.json.
     `reserved`: resources this run's rollout engines hold ({"CPU": 1.0, ...}), for the capacity check."""
     import ray
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray()
@@ -174,22 +176,30 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
     from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 
     in_tune = _in_tune_session()
-    callbacks = []
-    if in_tune:  # the workers' reports (evaluations) reach the trial's Tune session
+    # a PBT trial: the checkpoint reports reach Tune with their checkpoints (PBT clones trials from them); in other
+    # trials the evaluations reach Tune as metrics through Ray's TuneReportCallback
+    pbt = in_tune and recipe.sweep.scheduler == "pbt"
+    callbacks, queue = [], None
+    if pbt:
+        from ray.util.queue import Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
+        callbacks.append(_reports_to_queue(queue))
+    elif in_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
     c, t = recipe.cluster, recipe.trainer
     storage = Path(recipe.storage_path).resolve() if "://" not in recipe.storage_path else recipe.storage_path
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
-    resume_from = None
-    if recipe.run.resume not in (None, "auto"):
-        resume_from = Checkpoint.from_directory(str(Path(recipe.run.resume).resolve()))
+    # run.resume: a checkpoint directory reaches the workers in their config (Train V2 has no
+    # resume_from_checkpoint); auto: Ray Train restores the latest checkpoint of the continued experiment itself
+    resume_dir = None if recipe.run.resume in (None, "auto") else str(Path(recipe.run.resume).resolve())
     trainer = TorchTrainer(
         _worker_main,
         train_loop_config={"recipe": recipe_to_dict(recipe), "source": recipe.source,
                            "data_ref": ray.put(encoded), "output_dir": str(output_dir), "weight_sink": weight_sink,
-                           "tune": in_tune},
+                           "tune": in_tune and not pbt, "resume_dir": resume_dir},
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(timeout_s=collective_timeout_s(recipe)),
         run_config=RunConfig(
@@ -199,14 +209,60 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.checkpoint_metric,
                 checkpoint_score_order=t.checkpoint_mode)),
-        resume_from_checkpoint=resume_from,
     )
     try:
-        result = trainer.fit()
+        result = trainer.fit() if queue is None else _fit_reporting_to_tune(trainer, queue, t.max_steps)
     except Exception as exc:  # ray.train.TrainingFailedError and friends
         raise AlignkitError(_explain_failure(exc)) from exc
     if result.checkpoint is not None:
         log.info("latest checkpoint: %s", result.checkpoint.path)
+
+
+def _reports_to_queue(queue):
+    """A Ray Train callback (it runs in the Train controller) that puts every report, with its checkpoint, onto
+    `queue`; the trial's own thread turns them into Tune reports (_fit_reporting_to_tune). Ray's TuneReportCallback
+    forwards only the metrics and the checkpoint's path, so PBT would never see a checkpoint to clone a trial from."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class ReportsToQueue(UserCallback):
+        def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+            queue.put((metrics[0], checkpoint))
+
+    return ReportsToQueue()
+
+
+def _fit_reporting_to_tune(trainer, queue, max_steps: int):
+    """`trainer.fit()` in a thread, while this (the Tune trial's) thread reports what the workers report. A
+    checkpoint goes with its report (Tune copies it into the trial's directory: what PBT clones), except the last
+    step's: a trial that has finished is not restarted from it."""
+    import threading
+
+    from ray import tune
+    from ray.util.queue import Empty
+
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # raised again in the trial's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="alignkit-fit", daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            metrics, checkpoint = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        if "step" not in metrics:  # the workers' summary at the end: the trial reports its final metrics itself
+            continue
+        keep = checkpoint is not None and metrics["step"] < max_steps
+        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem) if keep else None)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _explain_failure(exc: Exception) -> str:

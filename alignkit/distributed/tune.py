@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def _search_space(space: dict):
 
     makers = {"grid": tune.grid_search, "choice": tune.choice,
               "uniform": lambda a: tune.uniform(float(a[0]), float(a[1])),
+              "loguniform": lambda a: tune.loguniform(float(a[0]), float(a[1]))}
+    return {key: makers[kind](arg) for key, spec in space.items() for kind, arg in spec.items()}
+
+
+def _pbt_mutations(space: dict) -> dict:
+    """What PBT may move each swept value to: a grid or choice list (PBT steps to a neighbouring entry or resamples),
+    a uniform / loguniform range (scaled by 0.8 or 1.2, or resampled)."""
+    from ray import tune
+
+    makers = {"grid": list, "choice": list, "uniform": lambda a: tune.uniform(float(a[0]), float(a[1])),
               "loguniform": lambda a: tune.loguniform(float(a[0]), float(a[1]))}
     return {key: makers[kind](arg) for key, spec in space.items() for kind, arg in spec.items()}
 
@@ -71,8 +82,43 @@ def _trial(config: dict, run) -> None:
     recipe.run.output_dir = str(Path(config["sweep_dir"]) / trial_name)
     # the trial's directory is its own: a trial rerun after an interrupted sweep replaces its partial files
     recipe.run.overwrite = True
-    run(recipe)
-    tune.report({**final_metrics(Path(recipe.output_dir)), "done": True, "run_dir": recipe.output_dir})
+    pbt = recipe.sweep.scheduler == "pbt"
+    _pbt_member(recipe, values, run) if pbt else run(recipe)
+    final = final_metrics(Path(recipe.output_dir))
+    if pbt:  # PBT acts on reports with a step: a finished trial is not restarted
+        del final["step"]
+    tune.report({**final, "done": True, "run_dir": recipe.output_dir})
+
+
+def _pbt_member(recipe: Recipe, values: dict, run) -> None:
+    """A PBT trial checkpoints every `sweep.perturbation_interval` steps; those checkpoints reach Tune with their
+    reports (distributed/ray_train.py). When PBT restarts the trial from a strong trial's checkpoint with mutated
+    values, `tune.get_checkpoint()` is that checkpoint: the run resumes from its step, in the trial's own directory,
+    with the new values (optim.lr through the restored schedule: Placement.rebase_lr). `pbt.jsonl` in the trial's
+    directory records every such restart."""
+    from ray import tune
+
+    recipe.trainer.checkpoint_every = recipe.sweep.perturbation_interval
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run(recipe)
+        return
+    out = Path(recipe.output_dir)
+    if "://" not in recipe.storage_path:  # the Ray Train checkpoints of earlier incarnations: Tune holds copies
+        for earlier in Path(recipe.storage_path).glob(f"{recipe.run.name}-*"):
+            shutil.rmtree(earlier, ignore_errors=True)
+    # a copy in the trial's directory: the donor keeps training and Tune deletes its older checkpoints
+    shutil.rmtree(out / "pbt_resume", ignore_errors=True)  # left by a restart that was itself stopped
+    local = Path(checkpoint.to_directory(str(out / "pbt_resume")))
+    try:
+        step = json.loads((local / "trainer_state.json").read_text())["step"]
+        log.info("PBT: %s continues at step %d from %s with %s", recipe.run.name, step, checkpoint.path, values)
+        with open(out / "pbt.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "values": values, "checkpoint": str(checkpoint.path)}) + "\n")
+        recipe.run.resume = str(local)
+        run(recipe)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def final_metrics(out: Path) -> dict:
@@ -152,7 +198,7 @@ def tune_experiment(sweep_dir: Path, name: str) -> Path:
 
 def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
     from alignkit.distributed.ray_train import ensure_ray
 
@@ -173,6 +219,10 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
         scheduler = None
         if sw.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period, max_t=10**6)
+        elif sw.scheduler == "pbt":  # decides on optimizer steps, at the checkpoint reports (every interval)
+            scheduler = PopulationBasedTraining(time_attr="step", perturbation_interval=sw.perturbation_interval,
+                                                hyperparam_mutations={"values": _pbt_mutations(sw.space)},
+                                                require_attrs=False)  # the final reports carry no step
         param_space = {"values": _search_space(sw.space), "base": recipe_to_dict(recipe), "source": recipe.source,
                        "name": recipe.run.name, "sweep_dir": str(sweep_dir)}
         tuner = tune.Tuner(
@@ -180,7 +230,9 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
             tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, num_samples=sw.num_samples,
                                         scheduler=scheduler, search_alg=_search_algorithm(sw),
                                         max_concurrent_trials=sw.max_concurrent_trials),
-            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=1),
+            # PBT's checkpoints: a trial's newest few (Ray warns below 3: a clone may need one a little older)
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=1,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
         )
     start = time.perf_counter()
     with _interruption() as interrupted:
@@ -226,9 +278,11 @@ def write_sweep_results(recipe: Recipe, results, sweep_dir: Path) -> Path:
     best_recipe.run.name = f"{recipe.run.name}_best"
     best_recipe.run.output_dir = None
     best_recipe.sweep.space = {}
+    pbt = ("# PBT changed this trial's values during training (its restarts and values: pbt.jsonl in its directory);"
+           " these are its last ones, so this recipe does not replay its schedule\n") if sw.scheduler == "pbt" else ""
     (sweep_dir / "best_recipe.yaml").write_text(
         f"# best trial of the sweep {recipe.run.name}: {best['trial']} ({sw.metric} = {fmt(best[sw.metric])})\n"
-        + dump_recipe(best_recipe))
+        + pbt + dump_recipe(best_recipe))
     log.info("best trial %s: %s = %s; recipe: %s", best["trial"], sw.metric, fmt(best[sw.metric]),
              sweep_dir / "best_recipe.yaml")
     return sweep_dir

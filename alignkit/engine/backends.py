@@ -52,6 +52,22 @@ class Placement:
     def place(self, obj):
         return place(obj, self.device)
 
+    def rebase_lr(self, lr: float) -> float | None:
+        """Continue a restored schedule from the peak `lr` instead of the checkpoint's (its shape and position
+        kept): how a resumed run takes a changed optim.lr, e.g. a PBT trial's mutated one. Returns the old peak, or
+        None when it was already `lr`. The scheduler's optimizer groups are the ones every step uses (DeepSpeed's
+        ZeRO optimizer wraps the same groups)."""
+        scheduler = self.scheduler
+        old = scheduler.base_lrs[0]
+        if old == lr:
+            return None
+        scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+        lrs = [lr * fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
+        for group, value in zip(scheduler.optimizer.param_groups, lrs):
+            group["initial_lr"], group["lr"] = lr, value
+        scheduler._last_lr = lrs
+        return old
+
     def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return place_model(model, self.device)
 

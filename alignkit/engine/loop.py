@@ -217,6 +217,10 @@ def train(recipe: Recipe, data: TrainData, output_dir: str | Path, model=None, h
             if rank == 0:
                 _truncate_metrics(output_dir / "metrics.jsonl", start_step)
             log.info("resumed from %s at step %d", hooks.resume_dir, start_step)
+            earlier = backend.rebase_lr(recipe.optim.lr)
+            if earlier is not None:
+                log.info("optim.lr %g replaces the checkpoint's %g (the schedule continues at step %d)",
+                         recipe.optim.lr, earlier, start_step)
         reference, reference_eval = references["train"], references["eval"]
 
         metric_keys = ["loss", *objective.metric_names]

@@ -184,3 +184,27 @@ def test_attn_implementation_is_validated_and_resolved(recipe_dir):
         resolve_attn_implementation("flash_attention_2", on_cuda=False)
     assert load_causal_lm("builtin:tiny-llama", attn="eager").config._attn_implementation == "eager"
     assert load_causal_lm("builtin:tiny-llama").config._attn_implementation == "sdpa"
+
+
+def test_pbt_sweeps_are_checked_before_any_trial():
+    """sweep.scheduler: pbt restarts trials mid-run with mutated values: what a resumed run cannot take, metrics
+    that exist only after training, and settings where no perturbation can happen fail at load time."""
+    pbt = load_recipe("recipes/sweeps/tiny_pbt.yaml")
+    assert pbt.sweep.scheduler == "pbt" and pbt.sweep.perturbation_interval == 2
+    cases = {
+        "sweep.space={trainer.micro_batch_size: {grid: [2, 4]}}": "optim.lr and objective parameters",
+        "sweep.space={objective.name: {grid: [dpo, ipo]}}": "optim.lr and objective parameters",
+        "sweep.metric=gen/format": "must be an eval/ or train/ one",
+        "sweep.search=optuna": "use search random or grid",
+        "sweep.perturbation_interval=0": "perturbation_interval > 0",
+        "sweep.perturbation_interval=3": "multiple of trainer.eval_every",
+        "sweep.perturbation_interval=8": "leaves no perturbation before trainer.max_steps",
+        "sweep.max_concurrent_trials=1": "population of >= 2 trials running together",
+        "sweep.space={optim.lr: {choice: [0.1, 0.01]}}": "population of >= 2 trials",  # 1 sample of a choice
+    }
+    for override, message in cases.items():
+        with pytest.raises(RecipeError, match=message):
+            load_recipe("recipes/sweeps/tiny_pbt.yaml", [override])
+    ok = load_recipe("recipes/sweeps/tiny_pbt.yaml", ["sweep.space={optim.lr: {choice: [0.1, 0.01]}}",
+                                                      "sweep.num_samples=2"])
+    assert ok.sweep.num_samples == 2

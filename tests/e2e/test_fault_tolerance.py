@@ -70,3 +70,24 @@ def test_resume_auto_continues_with_same_losses(tmp_path, uninterrupted):
         # the resumed run fills its reference table in other batches (16 vs 24 visited examples): ~1 ulp of a
         # sequence log-prob, <= 6e-6 in the loss (see test_resume_with_more_steps_fills_missing_reference_logps)
         assert resumed[step]["train/loss"] == pytest.approx(uninterrupted[step]["train/loss"], abs=5e-5), step
+
+
+@pytest.mark.slow  # ~70 s
+def test_resume_from_a_checkpoint_directory(tmp_path, uninterrupted):
+    """run.resume: <a checkpoint directory> (any run's, here into a new run directory) continues from its step.
+    Until Ray Train V2 was given the path through the workers' config, every such run failed with Ray's
+    "resume_from_checkpoint is deprecated"."""
+    first = tmp_path / "first"
+    proc = launch("recipes/dpo/tiny_debug.yaml", *COMMON, "trainer.max_steps=4", f"run.output_dir={first}",
+                  timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [checkpoint] = (first / "checkpoints").glob("*/step_000002")
+    out = tmp_path / "continued"
+    proc = launch("recipes/dpo/tiny_debug.yaml", *COMMON, f"run.resume={checkpoint}", f"run.output_dir={out}",
+                  timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and "at step 2" in proc.stderr
+    resumed = losses(out)
+    assert sorted(resumed) == [3, 4, 5, 6]  # a new directory: the curve starts after the checkpoint's step
+    for step in range(3, 7):  # (reference table filled in other batches: see the test above)
+        assert resumed[step]["train/loss"] == pytest.approx(uninterrupted[step]["train/loss"], abs=5e-5), step

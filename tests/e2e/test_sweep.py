@@ -115,3 +115,32 @@ def test_search_validation(tmp_path):
     assert_bad(launch("recipes/sweeps/tiny_lr_beta.yaml", "sweep.search=grid",
                       "sweep.space={optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}", "--dry-run"),
                "grid needs every sweep.space entry to be a grid")
+
+
+@pytest.mark.slow  # ~3 min: 2 trials together, restarted by PBT from each other's checkpoints
+def test_pbt_restarts_weak_trials_from_strong_ones(tmp_path):
+    import json
+
+    out = tmp_path / "pbt"
+    proc = launch("recipes/sweeps/tiny_pbt.yaml", f"run.output_dir={out}", "--sweep", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep_dir = tmp_path / "pbt-sweep"
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert len(rows) == 2 and all(r["finished"] == "True" for r in rows)
+    restarts = {r["trial"]: [json.loads(x) for x in (sweep_dir / r["trial"] / "pbt.jsonl").read_text().splitlines()]
+                for r in rows if (sweep_dir / r["trial"] / "pbt.jsonl").exists()}
+    # an exploit: a trial continued from the other trial's Tune checkpoint (Tune names trial dirs _trial_<id>_...)
+    own = {trial: "_trial_" + "_".join(trial.rsplit("_", 2)[-2:]) + "_" for trial in restarts}
+    cloned = [(trial, x) for trial, xs in restarts.items() for x in xs if own[trial] not in x["checkpoint"]]
+    assert cloned, restarts
+    for trial, xs in restarts.items():
+        last = xs[-1]  # after its last restart the trial trains with that restart's (mutated) lr: constant schedule
+        records = [json.loads(x) for x in (sweep_dir / trial / "metrics.jsonl").read_text().splitlines()]
+        after = [r["train/lr"] for r in records if r["step"] > last["step"] and "train/lr" in r]
+        assert after and all(lr == pytest.approx(last["values"]["optim.lr"], rel=1e-9) for lr in after), (trial, xs)
+        steps = [r["step"] for r in records]
+        assert steps == sorted(set(steps)) and steps[-1] == 8  # one curve, no duplicated steps
+        assert len(list((sweep_dir / trial / "checkpoints").iterdir())) == 1  # earlier incarnations' are removed
+        assert not (sweep_dir / trial / "pbt_resume").exists()
+    assert "PBT changed this trial's values" in (sweep_dir / "best_recipe.yaml").read_text()
+    assert (sweep_dir / "tune" / "tiny_pbt-tune" / "pbt_global.txt").exists()  # Tune's own log of every exploit

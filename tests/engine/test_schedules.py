@@ -83,3 +83,32 @@ def test_num_epochs_sets_max_steps():
         recipe_from_dict({"model": {"path": "builtin:tiny-llama"}, "objective": {"name": "pmpo"},
                           "trainer": {"num_epochs": 1},
                           "online": {"rounds": 2, "prompts": "builtin:concise_arithmetic"}})
+
+
+@pytest.mark.parametrize("scheduler,warmup,kwargs", CASES)
+def test_a_resumed_schedule_takes_a_new_peak_lr(scheduler, warmup, kwargs):
+    """A run resumed with another optim.lr (a PBT trial's mutated one): from the checkpoint's step on, the optimizer
+    steps with exactly the LRs of a run planned with the new lr from the start."""
+    from alignkit.engine.backends import Placement
+
+    old, new = recipe(scheduler, warmup, kwargs), recipe(scheduler, warmup, kwargs)
+    new.optim.lr = 4e-4
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer(model, old)
+    sched = make_scheduler(optimizer, old)
+    for _ in range(5):
+        optimizer.step()
+        sched.step()
+    saved = optimizer.state_dict(), sched.state_dict()
+    resumed = Placement()
+    resumed.optimizer = make_optimizer(model, old)  # what a resumed run builds, then loads
+    resumed.scheduler = make_scheduler(resumed.optimizer, old)
+    resumed.optimizer.load_state_dict(saved[0])
+    resumed.scheduler.load_state_dict(saved[1])
+    assert resumed.rebase_lr(4e-4) == 1e-3 and resumed.rebase_lr(4e-4) is None
+    lrs = []
+    for _ in range(5, 12):
+        lrs.append(resumed.optimizer.param_groups[0]["lr"])
+        resumed.optimizer.step()
+        resumed.scheduler.step()
+    assert lrs == pytest.approx(alignkit_lrs(new)[5:], rel=1e-12, abs=0)
