@@ -78,6 +78,19 @@ def rounds(run: Path) -> list[dict]:
     return [r for r in json.loads(path.read_text()) if r["round"] >= 0] if path.exists() else []
 
 
+def run_stages(root: Path, fresh: bool, run=None) -> dict[str, float | None]:
+    """Every stage, skipping the ones done earlier, except that a stage built on a stage that ran again (its model
+    or its rows) runs again too."""
+    run = run or run_stage
+    walls, ran = {}, set()
+    for name, recipe, overrides in stages(root):
+        stale = fresh or any(f"{root / r}/" in f"{x}/" for x in overrides for r in ran)
+        if stale or not (root / name / "final" / "config.json").exists():
+            ran.add(name)
+        walls[name] = run(root, name, recipe, overrides, stale)
+    return walls
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="runs/fcp_bench")
@@ -86,7 +99,7 @@ def main() -> None:
     p.add_argument("--results", default=str(ROOT / "bench" / "results"), help="where fcp.md and fcp.json go")
     args = p.parse_args()
     root = (ROOT / args.root).resolve()
-    walls = {name: run_stage(root, name, recipe, o, args.fresh) for name, recipe, o in stages(root)}
+    walls = run_stages(root, args.fresh)
 
     import torch
 

@@ -208,7 +208,7 @@ class SweepConfig:
     num_samples: int = 1  # samples per grid point (random draws for choice/uniform/loguniform)
     max_concurrent_trials: int = 1
     trial_cpus: float = 0.1  # the trial's own process; its Ray Train workers take cluster.cpus_per_worker each
-    seed: int = 0
+    seed: int = 0  # the search's seed: random draws, Optuna and HyperOpt (the same recipe samples the same trials)
 
 
 @dataclass

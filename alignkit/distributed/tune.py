@@ -2,10 +2,11 @@
 
 Each trial is a normal run (its own run directory, Ray Train workers, report) with the sampled keys applied as
 overrides. Its training workers report every evaluation to Tune through Ray's Train/Tune integration (so ASHA can
-stop weak trials at eval steps); the trial reports the final generation metrics at the end. `sweep.search` picks
-Tune's search algorithm; `--sweep` on an interrupted sweep resumes it (Tuner.restore). Results: a table sorted by
-the metric (CSV and Markdown), the best trial's recipe as a YAML file that runs as-is, and a plot of the metric per
-trial."""
+stop weak trials at eval steps); the trial reports the final generation metrics at the end. Under PBT the workers'
+checkpoint reports reach Tune with their checkpoints, and PBT restarts weak trials from strong trials' ones.
+`sweep.search` picks Tune's search algorithm; `--sweep` on an interrupted sweep resumes it (Tuner.restore). Results:
+a table sorted by the metric (CSV and Markdown), the best trial's recipe as a YAML file that runs as-is, and a plot of
+the metric per trial."""
 from __future__ import annotations
 
 import contextlib
@@ -155,9 +156,37 @@ def run_sweep(recipe: Recipe, run) -> Path:
 
     interrupted = (not recipe.run.overwrite and not (sweep_dir / "results.md").exists()
                    and Tuner.can_restore(str(tune_experiment(sweep_dir, recipe.run.name))))
+    record = sweep_dir / "sweep_recipe.yaml"  # what the sweep was started with: Tune resumes that search
+    if interrupted and record.exists():
+        changed = _changed_keys(record.read_text(), recipe)
+        if changed:
+            raise RecipeError(f"{sweep_dir} holds an interrupted sweep started with other values of "
+                              f"{', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''} ({record}); resuming it "
+                              "would keep its own recipe and search space. Run it as it was to resume it, or set "
+                              "run.overwrite=true to start this sweep anew; nothing was changed")
     with run_directory(RunDirectory(sweep_dir, recipe.run.overwrite, resume=interrupted)) as directory:
         directory.claim()
+        if not interrupted:
+            record.write_text(dump_recipe(recipe))
         return _run_tuner(recipe, sweep_dir, run)
+
+
+def _changed_keys(saved_yaml: str, recipe: Recipe) -> list[str]:
+    """The dotted recipe keys whose values differ between a saved recipe and `recipe`."""
+    from omegaconf import OmegaConf
+
+    def flat(data: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and value and key != "space":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old = flat(OmegaConf.to_container(OmegaConf.create(saved_yaml)))
+    new = flat(OmegaConf.to_container(OmegaConf.create(dump_recipe(recipe))))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 def _search_algorithm(sw):
@@ -170,7 +199,10 @@ def _search_algorithm(sw):
         from ray.tune.search.hyperopt import HyperOptSearch
 
         return HyperOptSearch(random_state_seed=sw.seed)
-    return None
+    from ray.tune.search import BasicVariantGenerator
+
+    # seeded, so a recipe samples the same trials every time (Tune's default generator is not)
+    return BasicVariantGenerator(max_concurrent=sw.max_concurrent_trials, random_state=sw.seed)
 
 
 @contextlib.contextmanager
@@ -223,13 +255,16 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
             scheduler = PopulationBasedTraining(time_attr="step", perturbation_interval=sw.perturbation_interval,
                                                 hyperparam_mutations={"values": _pbt_mutations(sw.space)},
                                                 require_attrs=False)  # the final reports carry no step
+        search = _search_algorithm(sw)
         param_space = {"values": _search_space(sw.space), "base": recipe_to_dict(recipe), "source": recipe.source,
                        "name": recipe.run.name, "sweep_dir": str(sweep_dir)}
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, num_samples=sw.num_samples,
-                                        scheduler=scheduler, search_alg=_search_algorithm(sw),
-                                        max_concurrent_trials=sw.max_concurrent_trials),
+                                        scheduler=scheduler, search_alg=search,
+                                        # the variant generator limits itself; the searchers are wrapped
+                                        max_concurrent_trials=None if sw.search in ("random", "grid")
+                                        else sw.max_concurrent_trials),
             # PBT's checkpoints: a trial's newest few (Ray warns below 3: a clone may need one a little older)
             run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=1,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),

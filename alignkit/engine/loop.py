@@ -348,10 +348,30 @@ def export_model(backend, model, recipe: Recipe, path: Path, rank: int) -> dict 
         state, target = merged_state(state, scaling_of(recipe.model.lora)), peft.get_base_model()
     state = {k: v.to(dtype) for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
-    target.save_pretrained(tmp, state_dict=dict(state))  # a copy: save_pretrained drops tied weights from it
+    config = target.config.get_text_config()
+    untie = getattr(config, "tie_word_embeddings", False) and _head_trained_apart(target, state)
+    if untie:  # a tied config would make the loaded model use the input embeddings as its head again
+        log.warning("the output head was trained apart from the input embeddings it is tied to (LoRA "
+                    "modules_to_save): %s saves both, with tie_word_embeddings: false", path.name)
+        config.tie_word_embeddings = False
+    try:
+        target.save_pretrained(tmp, state_dict=dict(state))  # a copy: save_pretrained drops tied weights from it
+    finally:
+        if untie:
+            config.tie_word_embeddings = True
     load_tokenizer(recipe.model.path).save_pretrained(tmp)
     _replace_dir(tmp, path)
     return state
+
+
+def _head_trained_apart(model, state: dict) -> bool:
+    """Whether `state` (the plain model's names) holds an output head that differs from the input embeddings."""
+    modules = {id(m): n for n, m in model.named_modules()}
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    head_key, embed_key = (f"{modules.get(id(m))}.weight" for m in (head, embed))
+    if head_key not in state or embed_key not in state:
+        return False
+    return not torch.equal(state[head_key], state[embed_key])
 
 
 def _replace_dir(new: Path, path: Path) -> None:

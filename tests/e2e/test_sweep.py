@@ -90,6 +90,11 @@ def test_an_interrupted_sweep_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "the sweep was interrupted" in err and not (sweep_dir / "results.md").exists()
+    # resumed with another search space, Tune would silently keep the old one: refused, nothing changed
+    other = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}",
+                   "sweep.space={optim.lr: {grid: [1.0e-2, 1.0e-3]}}", "--sweep", timeout=300)
+    assert other.returncode == 2 and "interrupted sweep started with other values of sweep.space" in other.stderr
+    assert first.stat().st_mtime == stamp and not (sweep_dir / "results.md").exists()
     again = launch("recipes/sweeps/tiny_lr_beta.yaml", f"run.output_dir={out}", "--sweep", timeout=900)
     assert again.returncode == 0, again.stderr[-4000:]
     rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
@@ -144,3 +149,25 @@ def test_pbt_restarts_weak_trials_from_strong_ones(tmp_path):
         assert not (sweep_dir / trial / "pbt_resume").exists()
     assert "PBT changed this trial's values" in (sweep_dir / "best_recipe.yaml").read_text()
     assert (sweep_dir / "tune" / "tiny_pbt-tune" / "pbt_global.txt").exists()  # Tune's own log of every exploit
+
+
+def test_random_search_is_seeded_by_sweep_seed():
+    """The same recipe samples the same trials (Tune's default variant generator draws unseeded)."""
+    from ray.tune.experiment import Experiment
+
+    from alignkit.config import load_recipe
+    from alignkit.distributed.tune import _search_algorithm, _search_space
+
+    def draws(seed):
+        recipe = load_recipe("recipes/sweeps/tiny_lr_beta.yaml", [
+            f"sweep.seed={seed}", "sweep.num_samples=3", "sweep.max_concurrent_trials=3",
+            "sweep.space={optim.lr: {loguniform: [1.0e-4, 1.0e-2]}, objective.beta: {choice: [0.1, 0.3, 0.5]}}"])
+        search = _search_algorithm(recipe.sweep)
+        search.add_configurations([Experiment("draws", run=lambda config: None, num_samples=3,
+                                              config={"values": _search_space(recipe.sweep.space)})])
+        trials = iter(search.next_trial, None)
+        return [tuple(trial.config["values"].values()) for trial in trials]
+
+    first = draws(0)
+    assert len(first) == 3 and len(set(first)) == 3
+    assert draws(0) == first and draws(1) != first

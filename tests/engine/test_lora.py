@@ -163,3 +163,19 @@ def test_lora_runs_through_the_device_seam(tmp_path, name):
     with DeviceCheck() as check:
         run(lora_recipe(tmp_path, name, steps=1))
     check.assert_clean()
+
+
+def test_a_head_trained_beside_tied_embeddings_survives_export(tmp_path, tiny_model_dir):
+    """tiny-llama ties lm_head to the input embeddings; LoRA's modules_to_save trains a copy of the head. The export
+    must keep that trained head: saved untied (before the fix, the reloaded model used the embeddings as its head)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    recipe = lora_recipe(tmp_path, "dpo", model={"lora": {**LORA, "modules_to_save": ["lm_head"]}})
+    run(recipe)
+    saved = load_file(tmp_path / "final" / "model.safetensors")
+    assert not torch.equal(saved["lm_head.weight"], saved["model.embed_tokens.weight"])  # the head trained
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert torch.equal(reloaded.lm_head.weight, saved["lm_head.weight"])
+    assert torch.equal(reloaded.model.embed_tokens.weight, saved["model.embed_tokens.weight"])
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["tie_word_embeddings"] is False
