@@ -1,6 +1,7 @@
 """The FCP table (issue: feedback-conditional policies): SmolLM2-135M-Instruct on `builtin:chain_arith`, CPU, one
 command. Every stage is a normal `launch.py` run of a recipe in recipes/fcp/ (in <root>/<name>); a stage whose
-`final/` exists is not run again (--fresh reruns everything), so a rerun only re-evaluates.
+`final/` exists is not run again unless a stage it starts from finished after it (--fresh reruns everything), so
+a rerun only re-evaluates.
 
     python bench/fcp.py [--root runs/fcp_bench] [--eval-size 64] [--fresh]
 
@@ -79,14 +80,14 @@ def rounds(run: Path) -> list[dict]:
 
 
 def run_stages(root: Path, fresh: bool, run=None) -> dict[str, float | None]:
-    """Every stage, skipping the ones done earlier, except that a stage built on a stage that ran again (its model
-    or its rows) runs again too."""
+    """Every stage, skipping the ones done earlier, except a stage built on a stage (its model or its rows) that
+    finished after it: one that ran again, in this invocation or an earlier one."""
     run = run or run_stage
-    walls, ran = {}, set()
+    walls, done = {}, lambda name: root / name / "final" / "config.json"
     for name, recipe, overrides in stages(root):
-        stale = fresh or any(f"{root / r}/" in f"{x}/" for x in overrides for r in ran)
-        if stale or not (root / name / "final" / "config.json").exists():
-            ran.add(name)
+        upstream = [u for u, _, _ in stages(root) if any(f"{root / u}/" in f"{x}/" for x in overrides)]
+        stale = fresh or (done(name).exists() and any(
+            done(u).exists() and done(u).stat().st_mtime_ns > done(name).stat().st_mtime_ns for u in upstream))
         walls[name] = run(root, name, recipe, overrides, stale)
     return walls
 

@@ -1,5 +1,7 @@
 """bench/fcp.py reuses the stages it ran earlier, but never a stage built on one that ran again."""
 import importlib.util
+import os
+import shutil
 
 from tests.conftest import REPO
 
@@ -14,13 +16,17 @@ def _fcp_bench():
 def test_a_rerun_stage_reruns_what_is_built_on_it(tmp_path):
     bench = _fcp_bench()
     names = [name for name, _, _ in bench.stages(tmp_path)]
-    calls = []
+    calls, clock = [], [10**9]
 
     def fake_run(root, name, recipe, overrides, fresh):
-        ran = fresh or not (root / name / "final" / "config.json").exists()
+        done = root / name / "final" / "config.json"
+        ran = fresh or not done.exists()
         calls.append((name, ran))
-        (root / name / "final").mkdir(parents=True, exist_ok=True)
-        (root / name / "final" / "config.json").write_text("{}")
+        if ran:  # a stage that runs finishes later than every stage before it
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text("{}")
+            clock[0] += 1
+            os.utime(done, ns=(clock[0] * 10**9, clock[0] * 10**9))
         return None
 
     bench.run_stages(tmp_path, fresh=False, run=fake_run)
@@ -29,8 +35,6 @@ def test_a_rerun_stage_reruns_what_is_built_on_it(tmp_path):
     bench.run_stages(tmp_path, fresh=False, run=fake_run)
     assert not any(ran for _, ran in calls)  # all done: all reused
     calls.clear()
-    import shutil
-
     shutil.rmtree(tmp_path / "offline_fcp")  # the offline FCP stage runs again: both bootstraps start from it
     bench.run_stages(tmp_path, fresh=False, run=fake_run)
     assert {n for n, ran in calls if ran} == {"offline_fcp", "bootstrap_partial", "bootstrap_full"}
@@ -38,3 +42,8 @@ def test_a_rerun_stage_reruns_what_is_built_on_it(tmp_path):
     shutil.rmtree(tmp_path / "warmstart")  # everything else starts from the warm start
     bench.run_stages(tmp_path, fresh=False, run=fake_run)
     assert {n for n, ran in calls if ran} == set(names)
+    calls.clear()
+    shutil.rmtree(tmp_path / "rft")  # interrupted after RFT ran again: the next invocation still reruns its child
+    bench.run_stages(tmp_path, fresh=False, run=lambda *a: fake_run(*a) if a[1] == "rft" else None)
+    bench.run_stages(tmp_path, fresh=False, run=fake_run)
+    assert {n for n, ran in calls if ran} == {"rft", "rft_online_rs"}

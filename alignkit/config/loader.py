@@ -485,6 +485,9 @@ def _check_pbt(recipe: Recipe, where) -> None:
     if not sw.metric.startswith(("eval/", "train/")):
         raise RecipeError(f"`sweep.metric` in {where('sweep.metric')}: sweep.scheduler: pbt compares trials during "
                           f"training, so the metric must be an eval/ or train/ one, got {sw.metric}")
+    if sw.metric.startswith("eval/") and not recipe.data.eval:  # PBT would wait for it, silently
+        raise RecipeError(f"`sweep.metric` in {where('sweep.metric')}: {sw.metric} needs held-out data, and this "
+                          "recipe sets no data.eval")
     if sw.search not in ("random", "grid"):
         raise RecipeError(f"`sweep.search` in {where('sweep.search')}: sweep.scheduler: pbt chooses the values "
                           f"itself; use search random or grid (the starting population), not {sw.search}")

@@ -179,12 +179,12 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
     # a PBT trial: the checkpoint reports reach Tune with their checkpoints (PBT clones trials from them); in other
     # trials the evaluations reach Tune as metrics through Ray's TuneReportCallback
     pbt = in_tune and recipe.sweep.scheduler == "pbt"
-    callbacks, queue = [], None
+    callbacks, queues = [], None
     if pbt:
         from ray.util.queue import Queue
 
-        queue = Queue(actor_options={"num_cpus": 0})
-        callbacks.append(_reports_to_queue(queue))
+        queues = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
+        callbacks.append(_reports_to_queue(*queues))
     elif in_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -211,30 +211,34 @@ def run_training(recipe: Recipe, encoded: dict, output_dir: Path, weight_sink=No
                 checkpoint_score_order=t.checkpoint_mode)),
     )
     try:
-        result = trainer.fit() if queue is None else _fit_reporting_to_tune(trainer, queue, t.max_steps)
+        result = (trainer.fit() if queues is None else
+                  _fit_reporting_to_tune(trainer, *queues, t.max_steps, recipe.sweep.metric))
     except Exception as exc:  # ray.train.TrainingFailedError and friends
         raise AlignkitError(_explain_failure(exc)) from exc
     if result.checkpoint is not None:
         log.info("latest checkpoint: %s", result.checkpoint.path)
 
 
-def _reports_to_queue(queue):
+def _reports_to_queue(reports, done):
     """A Ray Train callback (it runs in the Train controller) that puts every report, with its checkpoint, onto
-    `queue`; the trial's own thread turns them into Tune reports (_fit_reporting_to_tune). Ray's TuneReportCallback
-    forwards only the metrics and the checkpoint's path, so PBT would never see a checkpoint to clone a trial from."""
+    `reports` and waits until the trial's thread has reported it to Tune (_fit_reporting_to_tune), which copies the
+    checkpoint: until then Ray Train's retention must not delete it, and training waits for PBT's decision. Ray's
+    TuneReportCallback forwards only the metrics and the checkpoint's path: PBT would have no checkpoint to clone."""
     from ray.train.v2.api.callback import UserCallback
 
     class ReportsToQueue(UserCallback):
         def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-            queue.put((metrics[0], checkpoint))
+            reports.put((metrics[0], checkpoint))
+            done.get()
 
     return ReportsToQueue()
 
 
-def _fit_reporting_to_tune(trainer, queue, max_steps: int):
+def _fit_reporting_to_tune(trainer, reports, done, max_steps: int, metric: str):
     """`trainer.fit()` in a thread, while this (the Tune trial's) thread reports what the workers report. A
-    checkpoint goes with its report (Tune copies it into the trial's directory: what PBT clones), except the last
-    step's: a trial that has finished is not restarted from it."""
+    checkpoint goes with its report (Tune copies it into the trial's directory: what PBT clones from). The last
+    step's report goes without step and checkpoint, so PBT does not restart a trial that has finished training; the
+    workers' end-of-run summary (no step) is not reported: the trial reports its final metrics itself."""
     import threading
 
     from ray import tune
@@ -250,16 +254,27 @@ def _fit_reporting_to_tune(trainer, queue, max_steps: int):
 
     thread = threading.Thread(target=fit, name="alignkit-fit", daemon=True)
     thread.start()
-    while thread.is_alive() or not queue.empty():
-        try:
-            metrics, checkpoint = queue.get(timeout=1.0)
-        except Empty:
-            continue
-        if "step" not in metrics:  # the workers' summary at the end: the trial reports its final metrics itself
-            continue
-        keep = checkpoint is not None and metrics["step"] < max_steps
-        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem) if keep else None)
-    thread.join()
+    try:
+        while thread.is_alive() or not reports.empty():
+            try:
+                metrics, checkpoint = reports.get(timeout=1.0)
+            except Empty:
+                continue
+            step = metrics.get("step")
+            if step is not None and metric not in metrics:  # PBT would never compare this trial
+                done.put(True)
+                raise AlignkitError(f"sweep.metric {metric} is not among the metrics this run reports: "
+                                    + ", ".join(sorted(k for k in metrics if k.startswith(("eval/", "train/")))))
+            if step is not None and step < max_steps:
+                tune.report(metrics, checkpoint=None if checkpoint is None else
+                            tune.Checkpoint(checkpoint.path, checkpoint.filesystem))
+            elif step is not None:
+                tune.report({k: v for k, v in metrics.items() if k != "step"})
+            done.put(True)
+        thread.join()
+    finally:  # (when PBT stops this trial, the process goes, and the Train run with it: actors are owned by it)
+        for queue in (reports, done):
+            queue.shutdown()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

@@ -56,6 +56,20 @@ def _pbt_mutations(space: dict) -> dict:
     return {key: makers[kind](arg) for key, spec in space.items() for kind, arg in spec.items()}
 
 
+def _within_ranges(space: dict):
+    """PBT scales a uniform / loguniform value by 0.8 or 1.2 without bounds: keep it inside the swept range (its
+    edges were validated before the sweep; a learning rate could otherwise drift without limit)."""
+    ranges = {key: (float(arg[0]), float(arg[1])) for key, spec in space.items() for kind, arg in spec.items()
+              if kind in ("uniform", "loguniform")}
+
+    def clip(config: dict) -> dict:
+        for key, (low, high) in ranges.items():
+            config["values"][key] = min(max(config["values"][key], low), high)
+        return config
+
+    return clip
+
+
 def _check_values(recipe: Recipe) -> None:
     """Build a trial recipe for the edge values of every swept key, so a bad value fails before any trial runs."""
     base = recipe_to_dict(recipe)
@@ -168,11 +182,18 @@ def run_sweep(recipe: Recipe, run) -> Path:
         directory.claim()
         if not interrupted:
             record.write_text(dump_recipe(recipe))
-        return _run_tuner(recipe, sweep_dir, run)
+        try:
+            return _run_tuner(recipe, sweep_dir, run)
+        except BaseException:
+            if not Tuner.can_restore(str(tune_experiment(sweep_dir, recipe.run.name))):
+                record.unlink(missing_ok=True)  # failed before Tune saved anything: nothing to resume
+            raise
 
 
 def _changed_keys(saved_yaml: str, recipe: Recipe) -> list[str]:
-    """The dotted recipe keys whose values differ between a saved recipe and `recipe`."""
+    """The dotted recipe keys whose values differ between a saved recipe and `recipe` (keys only one side has, from
+    another alignkit version, are not compared). Tune resumes a sweep with the recipe it started with (the trials'
+    base recipe is part of its saved search), so any difference would be ignored silently."""
     from omegaconf import OmegaConf
 
     def flat(data: dict, prefix: str = "") -> dict:
@@ -186,7 +207,7 @@ def _changed_keys(saved_yaml: str, recipe: Recipe) -> list[str]:
 
     old = flat(OmegaConf.to_container(OmegaConf.create(saved_yaml)))
     new = flat(OmegaConf.to_container(OmegaConf.create(dump_recipe(recipe))))
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
 
 
 def _search_algorithm(sw):
@@ -254,6 +275,7 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
         elif sw.scheduler == "pbt":  # decides on optimizer steps, at the checkpoint reports (every interval)
             scheduler = PopulationBasedTraining(time_attr="step", perturbation_interval=sw.perturbation_interval,
                                                 hyperparam_mutations={"values": _pbt_mutations(sw.space)},
+                                                custom_explore_fn=_within_ranges(sw.space),
                                                 require_attrs=False)  # the final reports carry no step
         search = _search_algorithm(sw)
         param_space = {"values": _search_space(sw.space), "base": recipe_to_dict(recipe), "source": recipe.source,
@@ -265,9 +287,9 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
                                         # the variant generator limits itself; the searchers are wrapped
                                         max_concurrent_trials=None if sw.search in ("random", "grid")
                                         else sw.max_concurrent_trials),
-            # PBT's checkpoints: a trial's newest few (Ray warns below 3: a clone may need one a little older)
+            # PBT's checkpoints: a trial's newest 8 (a restarting trial copies its donor's while the donor trains on)
             run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=1,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=8)),
         )
     start = time.perf_counter()
     with _interruption() as interrupted:

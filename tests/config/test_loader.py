@@ -195,10 +195,11 @@ def test_pbt_sweeps_are_checked_before_any_trial():
         "sweep.space={trainer.micro_batch_size: {grid: [2, 4]}}": "optim.lr and objective parameters",
         "sweep.space={objective.name: {grid: [dpo, ipo]}}": "optim.lr and objective parameters",
         "sweep.metric=gen/format": "must be an eval/ or train/ one",
+        "data.eval=null": "eval/loss needs held-out data, and this recipe sets no data.eval",
         "sweep.search=optuna": "use search random or grid",
         "sweep.perturbation_interval=0": "perturbation_interval > 0",
         "sweep.perturbation_interval=3": "multiple of trainer.eval_every",
-        "sweep.perturbation_interval=8": "leaves no perturbation before trainer.max_steps",
+        "sweep.perturbation_interval=12": "leaves no perturbation before trainer.max_steps",
         "sweep.max_concurrent_trials=1": "population of >= 2 trials running together",
         "sweep.space={optim.lr: {choice: [0.1, 0.01]}}": "population of >= 2 trials",  # 1 sample of a choice
     }

@@ -144,7 +144,7 @@ def test_pbt_restarts_weak_trials_from_strong_ones(tmp_path):
         after = [r["train/lr"] for r in records if r["step"] > last["step"] and "train/lr" in r]
         assert after and all(lr == pytest.approx(last["values"]["optim.lr"], rel=1e-9) for lr in after), (trial, xs)
         steps = [r["step"] for r in records]
-        assert steps == sorted(set(steps)) and steps[-1] == 8  # one curve, no duplicated steps
+        assert steps == sorted(set(steps)) and steps[-1] == 12  # one curve, no duplicated steps
         assert len(list((sweep_dir / trial / "checkpoints").iterdir())) == 1  # earlier incarnations' are removed
         assert not (sweep_dir / trial / "pbt_resume").exists()
     assert "PBT changed this trial's values" in (sweep_dir / "best_recipe.yaml").read_text()
