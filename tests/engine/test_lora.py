@@ -167,7 +167,8 @@ def test_lora_runs_through_the_device_seam(tmp_path, name):
 
 def test_a_head_trained_beside_tied_embeddings_survives_export(tmp_path, tiny_model_dir):
     """tiny-llama ties lm_head to the input embeddings; LoRA's modules_to_save trains a copy of the head. The export
-    must keep that trained head: saved untied (before the fix, the reloaded model used the embeddings as its head)."""
+    keeps both and says untied: with `tie_word_embeddings: true` (before the fix) loaders that honour it (vLLM skips
+    lm_head.weight of a tied model) would use the embeddings as the head."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
