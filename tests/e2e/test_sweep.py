@@ -171,3 +171,14 @@ def test_random_search_is_seeded_by_sweep_seed():
     first = draws(0)
     assert len(first) == 3 and len(set(first)) == 3
     assert draws(0) == first and draws(1) != first
+
+
+@pytest.mark.slow  # ~1 min: both trials stop at their first checkpoint
+def test_pbt_on_a_metric_the_run_does_not_report_stops_with_its_names(tmp_path):
+    out = tmp_path / "typo"
+    proc = launch("recipes/sweeps/tiny_pbt.yaml", f"run.output_dir={out}", "sweep.metric=eval/los", "--sweep",
+                  timeout=900)
+    assert proc.returncode == 2 and "no trial reported eval/los" in proc.stderr, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "typo-sweep" / "results.csv")))
+    assert len(rows) == 2 and all("sweep.metric eval/los is not among the metrics" in r["error"] for r in rows), rows
+    assert all("eval/loss" in r["error"] for r in rows)  # the names it does report
