@@ -223,8 +223,8 @@ def _reports_to_queue(reports, done):
     """A Ray Train callback (it runs in the Train controller) that puts every report, with its checkpoint, onto
     `reports` and waits until the trial's thread has reported it to Tune (_fit_reporting_to_tune), which copies the
     checkpoint: until then Ray Train's retention must not delete it (the blocked controller registers no newer
-    checkpoint). Ray's
-    TuneReportCallback forwards only the metrics and the checkpoint's path: PBT would have no checkpoint to clone."""
+    checkpoint). Ray's TuneReportCallback forwards only the metrics and the checkpoint's path: PBT would have no
+    checkpoint to clone."""
     from ray.train.v2.api.callback import UserCallback
 
     class ReportsToQueue(UserCallback):

@@ -37,21 +37,13 @@ def with_overrides(base: dict, values: dict, source: str) -> Recipe:
     return recipe_from_dict(data, source=source)
 
 
-def _search_space(space: dict):
+def _search_space(space: dict, mutations: bool = False):
+    """sweep.space as Tune's search space; `mutations`: as PBT's hyperparam_mutations, where a grid or choice is a
+    plain list (PBT steps to a neighbouring entry or resamples) and a range is scaled by 0.8 or 1.2 (or resampled)."""
     from ray import tune
 
-    makers = {"grid": tune.grid_search, "choice": tune.choice,
+    makers = {"grid": list if mutations else tune.grid_search, "choice": list if mutations else tune.choice,
               "uniform": lambda a: tune.uniform(float(a[0]), float(a[1])),
-              "loguniform": lambda a: tune.loguniform(float(a[0]), float(a[1]))}
-    return {key: makers[kind](arg) for key, spec in space.items() for kind, arg in spec.items()}
-
-
-def _pbt_mutations(space: dict) -> dict:
-    """What PBT may move each swept value to: a grid or choice list (PBT steps to a neighbouring entry or resamples),
-    a uniform / loguniform range (scaled by 0.8 or 1.2, or resampled)."""
-    from ray import tune
-
-    makers = {"grid": list, "choice": list, "uniform": lambda a: tune.uniform(float(a[0]), float(a[1])),
               "loguniform": lambda a: tune.loguniform(float(a[0]), float(a[1]))}
     return {key: makers[kind](arg) for key, spec in space.items() for kind, arg in spec.items()}
 
@@ -98,7 +90,10 @@ def _trial(config: dict, run) -> None:
     # the trial's directory is its own: a trial rerun after an interrupted sweep replaces its partial files
     recipe.run.overwrite = True
     pbt = recipe.sweep.scheduler == "pbt"
-    _pbt_member(recipe, values, run) if pbt else run(recipe)
+    if pbt:
+        _pbt_member(recipe, values, run)
+    else:
+        run(recipe)
     final = final_metrics(Path(recipe.output_dir))
     if pbt:  # PBT acts on reports with a step: a finished trial is not restarted
         del final["step"]
@@ -273,8 +268,9 @@ def _run_tuner(recipe: Recipe, sweep_dir: Path, run) -> Path:
         if sw.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period, max_t=10**6)
         elif sw.scheduler == "pbt":  # decides on optimizer steps, at the checkpoint reports (every interval)
+            mutations = {"values": _search_space(sw.space, mutations=True)}
             scheduler = PopulationBasedTraining(time_attr="step", perturbation_interval=sw.perturbation_interval,
-                                                hyperparam_mutations={"values": _pbt_mutations(sw.space)},
+                                                hyperparam_mutations=mutations,
                                                 custom_explore_fn=_within_ranges(sw.space),
                                                 require_attrs=False)  # the final reports carry no step
         search = _search_algorithm(sw)

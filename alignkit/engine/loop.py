@@ -350,7 +350,7 @@ def export_model(backend, model, recipe: Recipe, path: Path, rank: int) -> dict 
     tmp = path.with_name(path.name + ".tmp")
     config = target.config.get_text_config()
     untie = getattr(config, "tie_word_embeddings", False) and _head_trained_apart(target, state)
-    if untie:  # a tied config would make the loaded model use the input embeddings as its head again
+    if untie:  # loaders that honour a tied config (vLLM skips lm_head.weight) would use the embeddings as the head
         log.warning("the output head was trained apart from the input embeddings it is tied to (LoRA "
                     "modules_to_save): %s saves both, with tie_word_embeddings: false", path.name)
         config.tie_word_embeddings = False
